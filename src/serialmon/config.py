@@ -1,0 +1,286 @@
+"""Settings from the environment, a `.env` file and defaults.
+
+The pipeline's own variables keep their names (`MODEL_DATA_DB_URL`, which wins
+over `DATABASE_URL`, and the `SMTP_*` / `ALERT_*` mail settings); everything
+else is `SERIALMON_<FIELD>`. Invalid values raise `SettingsError` with one line
+that names the variable and the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from platformdirs import user_data_path
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from serialmon.errors import SettingsError
+
+DATA_DIR = user_data_path("serialmon", appauthor=False)
+
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_EMAIL = re.compile(r"^[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+$")
+_IDENTIFIER_MAX = 63  # PostgreSQL's NAMEDATALEN - 1
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Every setting serialmon reads; build it with `get_settings()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SERIALMON_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        case_sensitive=False,
+    )
+
+    # Database
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=_env("MODEL_DATA_DB_URL", "DATABASE_URL", "SERIALMON_DATABASE_URL"),
+        description="PostgreSQL URL; none starts the embedded server",
+    )
+    db_sslmode: str | None = Field(default=None, description="libpq sslmode added to the URL")
+    state_schema: str = Field(default="serialmon", description="schema of serialmon's own tables")
+    models_schema: str = Field(default="public", description="schema of the monitored table")
+    models_table: str = Field(default="serialized_models", description="monitored table")
+    application_name: str = Field(default="serialmon", description="application_name of every connection")
+    statement_timeout_ms: int = Field(default=15_000, ge=0, description="statement_timeout of every connection")
+    lock_timeout_ms: int = Field(default=1_000, ge=0, description="lock_timeout of every connection")
+    connect_timeout_sec: int = Field(default=5, ge=1, le=300, description="TCP connect timeout")
+    data_dir: Path = Field(default=DATA_DIR, description="embedded server, journal and outbox live here")
+
+    # Mail
+    smtp_host: str | None = Field(default=None, validation_alias=_env("SMTP_HOST", "SERIALMON_SMTP_HOST"))
+    smtp_port: int = Field(default=587, ge=1, le=65535, validation_alias=_env("SMTP_PORT", "SERIALMON_SMTP_PORT"))
+    smtp_user: str | None = Field(default=None, validation_alias=_env("SMTP_USER", "SERIALMON_SMTP_USER"))
+    smtp_password: SecretStr | None = Field(
+        default=None, validation_alias=_env("SMTP_PASSWORD", "SERIALMON_SMTP_PASSWORD")
+    )
+    smtp_security: Literal["auto", "starttls", "tls", "plain"] = Field(
+        default="auto", description="auto: implicit TLS on 465, STARTTLS otherwise"
+    )
+    smtp_allow_plain: bool = Field(default=False, description="allow SMTP without TLS")
+    smtp_timeout_sec: float = Field(default=10.0, gt=0, le=300)
+    alert_from_email: str = Field(
+        default="serialmon@localhost", validation_alias=_env("ALERT_FROM_EMAIL", "SERIALMON_ALERT_FROM_EMAIL")
+    )
+    alert_to_emails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("ALERT_TO_EMAILS", "SERIALMON_ALERT_TO_EMAILS")
+    )
+    webhook_url: SecretStr | None = Field(default=None, description="optional JSON webhook (Slack-compatible)")
+    outbox_dir: Path | None = Field(default=None, description="where .eml files go without SMTP")
+
+    # Collector
+    journal_dir: Path | None = Field(default=None, description="local journal for unsent events")
+    queue_size: int = Field(default=50_000, ge=100, le=10_000_000)
+    writer_batch_size: int = Field(default=2_000, ge=1, le=100_000)
+    writer_flush_interval_sec: float = Field(default=1.0, gt=0, le=3600)
+    heartbeat_interval_sec: float = Field(default=15.0, gt=0, le=3600)
+    events_retention_days: int = Field(default=90, ge=1)
+
+    # Alert thresholds
+    coverage_warning: float = Field(default=80.0, ge=0, le=100)
+    coverage_critical: float = Field(default=50.0, ge=0, le=100)
+    failure_rate_warning: float = Field(default=0.10, ge=0, le=1)
+    failure_rate_critical: float = Field(default=0.25, ge=0, le=1)
+    alert_window_minutes: int = Field(default=60, ge=1)
+    min_models_for_coverage: int = Field(default=10, ge=1)
+    min_attempts_for_failure_rate: int = Field(default=20, ge=1)
+    stall_minutes: float = Field(default=15.0, gt=0)
+    alert_for_minutes: float = Field(default=0.0, ge=0, description="how long a condition holds before firing")
+    cooldown_minutes: float = Field(default=30.0, ge=0)
+    alert_history_retention_days: int = Field(default=90, ge=1)
+
+    # Database monitor
+    size_sample_interval_sec: int = Field(default=300, ge=0)
+    size_samples_retention_days: int = Field(default=90, ge=1)
+    table_size_limit_bytes: int | None = Field(default=None, ge=1)
+
+    # Dashboard
+    dashboard_host: str = Field(default="127.0.0.1")
+    dashboard_port: int = Field(default=8501, ge=1, le=65535)
+
+    @field_validator("alert_to_emails", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: Any) -> list[str]:
+        if value is None or value == "":
+            return []
+        items = value.split(",") if isinstance(value, str) else list(value)
+        addresses = [str(item).strip() for item in items if str(item).strip()]
+        for address in addresses:
+            if not _EMAIL.match(address):
+                raise ValueError(f"{address!r} is not an e-mail address (expected a comma-separated list)")
+        return addresses
+
+    @field_validator("alert_from_email")
+    @classmethod
+    def _check_from(cls, value: str) -> str:
+        if not re.match(r"^[^@\s]+@[^@\s]+$", value):
+            raise ValueError(f"{value!r} is not an e-mail address")
+        return value
+
+    @field_validator("db_sslmode")
+    @classmethod
+    def _check_sslmode(cls, value: str | None) -> str | None:
+        if value is not None and value not in SSL_MODES:
+            raise ValueError(f"unknown SSL mode {value!r}, expected one of {', '.join(SSL_MODES)}")
+        return value
+
+    @field_validator("state_schema", "models_schema", "models_table", "application_name")
+    @classmethod
+    def _check_identifier(cls, value: str) -> str:
+        if not value or len(value.encode()) > _IDENTIFIER_MAX or "\x00" in value:
+            raise ValueError(f"{value!r} must be 1-{_IDENTIFIER_MAX} bytes with no NUL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        raw = value.get_secret_value().strip()
+        try:
+            url = make_url(normalize_url(raw))
+        except ArgumentError:
+            raise ValueError("is not a database URL (expected postgresql://user:password@host:port/dbname)") from None
+        if not url.drivername.startswith("postgresql"):
+            raise ValueError(f"uses {url.drivername!r}; serialmon needs a postgresql:// URL")
+        sslmode = url.query.get("sslmode")
+        if sslmode is not None and sslmode not in SSL_MODES:
+            raise ValueError(f"has unknown sslmode {sslmode!r}, expected one of {', '.join(SSL_MODES)}")
+        return SecretStr(raw)
+
+    # Derived paths
+
+    @property
+    def resolved_outbox_dir(self) -> Path:
+        return self.outbox_dir or self.data_dir / "outbox"
+
+    @property
+    def resolved_journal_dir(self) -> Path:
+        return self.journal_dir or self.data_dir / "journal"
+
+    @property
+    def embedded_dir(self) -> Path:
+        return self.data_dir / "postgres"
+
+    @property
+    def smtp_configured(self) -> bool:
+        return bool(self.smtp_host)
+
+
+def normalize_url(raw: str) -> str:
+    """Return `raw` with a `postgres://` or `postgresql://` scheme switched to psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix):]
+    return raw
+
+
+def mask_url(raw: str | None) -> str | None:
+    """Return the URL with its password (and any password query parameter) replaced by `***`."""
+    if raw is None:
+        return None
+    try:
+        url = make_url(normalize_url(raw))
+    except ArgumentError:
+        return "<invalid URL, hidden>"
+    query = {key: ("***" if key.lower() in {"password", "sslpassword"} else value) for key, value in url.query.items()}
+    return url.set(query=query).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def env_names(field: str) -> list[str]:
+    """Return the environment variable names that set `field`, in order of precedence."""
+    info = Settings.model_fields[field]
+    alias = info.validation_alias
+    if isinstance(alias, AliasChoices):
+        return [str(choice) for choice in alias.choices]
+    return [f"SERIALMON_{field.upper()}"]
+
+
+def _describe_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    field = str(first["loc"][0]) if first["loc"] else "?"
+    field = _FIELD_BY_ALIAS.get(field.upper(), field)
+    names = env_names(field) if field in Settings.model_fields else [field]
+    variable = next((name for name in names if name in os.environ), names[0])
+    value = first.get("input")
+    secret = "password" in field or field.endswith("_url")
+    shown = (mask_url(value) if field == "database_url" and isinstance(value, str) else "<hidden>") if secret else repr(value)
+    message = first["msg"].removeprefix("Value error, ")
+    return f"Invalid setting {variable}={shown}: {message}"
+
+
+_FIELD_BY_ALIAS = {name.upper(): field for field in Settings.model_fields for name in env_names(field)}
+_settings: Settings | None = None
+_settings_lock = threading.Lock()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build fresh settings; raises `SettingsError` with one line naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        raise SettingsError(_describe_error(error)) from None
+
+
+def get_settings() -> Settings:
+    """Return the process-wide settings, loading them on first use."""
+    global _settings
+    with _settings_lock:
+        if _settings is None:
+            _settings = load_settings()
+        return _settings
+
+
+def set_settings(settings: Settings | None) -> None:
+    """Replace the process-wide settings (None reloads them on next use); for tests and the CLI."""
+    global _settings
+    with _settings_lock:
+        _settings = settings
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """Return (variable, masked value, source) for every setting, for `serialmon config`."""
+    from dotenv import dotenv_values
+
+    dotenv_path = Path(".env")
+    dotenv = {key.upper(): value for key, value in dotenv_values(dotenv_path).items()} if dotenv_path.exists() else {}
+    environ = {key.upper(): value for key, value in os.environ.items()}
+    rows = []
+    for field in Settings.model_fields:
+        names = env_names(field)
+        source = "default"
+        variable = names[0]
+        for name in names:
+            if name.upper() in environ:
+                source, variable = "environment", name
+                break
+            if name.upper() in dotenv:
+                source, variable = ".env", name
+                break
+        rows.append((variable, _masked_value(field, getattr(settings, field)), source))
+    return rows
+
+
+def _masked_value(field: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        return (mask_url(secret) or "-") if field == "database_url" else "***"
+    if isinstance(value, list):
+        return ", ".join(str(item) for item in value) or "-"
+    return str(value)

@@ -1,0 +1,31 @@
+"""Exceptions that the CLI turns into a one-line message with a fix."""
+
+from __future__ import annotations
+
+
+class SerialmonError(Exception):
+    """A problem the user can fix; the CLI prints it on one line and exits with code 2."""
+
+    def __init__(self, message: str, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"{message} {self.fix}" if self.fix else message
+
+
+class SettingsError(SerialmonError):
+    """A setting has an invalid value."""
+
+
+class DatabaseUnavailable(SerialmonError):
+    """The database cannot be reached."""
+
+
+class MissingTable(SerialmonError):
+    """The monitored table or serialmon's schema does not exist."""
+
+
+class EmbeddedServerError(SerialmonError):
+    """The embedded PostgreSQL could not be started or found."""

@@ -1,0 +1,138 @@
+"""Configuration, database access, embedded server and schema, against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import text
+
+from serialmon.config import load_settings, mask_url
+from serialmon.db import arun, get_engine, names, run_sync
+from serialmon.errors import SettingsError
+from serialmon.schema import init_db, table_exists
+
+
+def test_model_data_url_wins_over_database_url(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://a@db1/one")
+    monkeypatch.setenv("MODEL_DATA_DB_URL", "postgres://b@db2/two")
+    settings = load_settings()
+    assert settings.database_url.get_secret_value() == "postgres://b@db2/two"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("SMTP_PORT", "abc", "SMTP_PORT='abc'"),
+        ("ALERT_TO_EMAILS", "ops@example.com;bad", "ALERT_TO_EMAILS="),
+        ("SERIALMON_DB_SSLMODE", "sometimes", "unknown SSL mode"),
+        ("SERIALMON_COVERAGE_WARNING", "120", "SERIALMON_COVERAGE_WARNING='120'"),
+    ],
+)
+def test_invalid_setting_names_variable(monkeypatch, variable, value, expected):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert expected in str(raised.value)
+    assert variable in str(raised.value)
+
+
+def test_invalid_url_sslmode_rejected(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://u:secret@h/db?sslmode=maybe")
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert "sslmode" in str(raised.value)
+    assert "secret" not in str(raised.value)
+
+
+def test_alert_emails_split_on_commas(monkeypatch):
+    monkeypatch.setenv("ALERT_TO_EMAILS", "a@example.com, b@example.org")
+    assert load_settings().alert_to_emails == ["a@example.com", "b@example.org"]
+
+
+def test_mask_url_hides_password():
+    masked = mask_url("postgresql://user:hunter2@db.example.com:5432/models?password=x")
+    assert "hunter2" not in masked
+    assert "password=x" not in masked
+    assert "user:***@db.example.com" in masked
+
+
+def test_connection_sets_timeouts_and_name(settings):
+    def read(conn):
+        return [conn.execute(text(f"SHOW {name}")).scalar_one() for name in
+                ("application_name", "statement_timeout", "lock_timeout")]
+
+    assert run_sync(None, read, settings) == ["serialmon", "15s", "1s"]
+
+
+async def test_arun_accepts_every_session_kind(settings):
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
+
+    from serialmon.db import create_async
+
+    def one(conn):
+        return conn.execute(text("SELECT 1")).scalar_one()
+
+    engine = get_engine(settings)
+    async_engine = create_async(settings)
+    try:
+        assert await arun(None, one, settings) == 1
+        with engine.connect() as conn:
+            assert await arun(conn, one) == 1
+        with Session(engine) as session:
+            assert await arun(session, one) == 1
+        async with async_engine.connect() as aconn:
+            assert await arun(aconn, one) == 1
+        async with AsyncSession(async_engine) as asession:
+            assert await arun(asession, one) == 1
+    finally:
+        await async_engine.dispose()
+
+
+def test_init_is_idempotent_and_creates_tables(settings):
+    first = init_db(settings, create_models_table=True)
+    second = init_db(settings, create_models_table=True)
+    assert first.models_table_created is True
+    assert second.models_table_existed is True
+    assert first.revision == second.revision
+
+    def check(conn):
+        return {table: table_exists(conn, "serialmon", table) for table in (
+            "serialization_events", "batch_jobs", "worker_heartbeats", "model_quality", "table_size_samples",
+            "alert_state", "alert_history", "notification_outbox", "silences")}
+
+    assert all(run_sync(None, check, settings).values())
+
+
+def test_models_table_has_gin_index(initialized):
+    def index_methods(conn):
+        return conn.execute(text(
+            "SELECT am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+            "JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = 'public.serialized_models'::regclass"
+        )).scalars().all()
+
+    assert "gin" in run_sync(None, index_methods, initialized)
+
+
+def test_init_never_alters_existing_models_table(settings):
+    def create_own(conn):
+        conn.execute(text("CREATE TABLE serialized_models (id int primary key, model_name text)"))
+
+    run_sync(None, create_own, settings)
+    result = init_db(settings, create_models_table=True)
+    assert result.models_table_existed is True
+
+    def columns(conn):
+        return conn.execute(text(
+            "SELECT count(*) FROM information_schema.columns WHERE table_name = 'serialized_models'"
+        )).scalar_one()
+
+    assert run_sync(None, columns, settings) == 2
+
+
+def test_state_schema_name_is_quoted(database_url, tmp_path):
+    settings = load_settings(database_url=database_url, data_dir=tmp_path, state_schema='odd "schema"; drop')
+    init_db(settings)
+    quoted = names(settings).table("batch_jobs")
+    assert quoted == '"odd ""schema""; drop"."batch_jobs"'
+    assert run_sync(None, lambda conn: conn.execute(text(f"SELECT count(*) FROM {quoted}")).scalar_one(),
+                    settings) == 0
