@@ -36,7 +36,9 @@ app.add_typer(db_app, name="db")
 _state = {"debug": False}
 
 # Modules that add commands with `register(app)`; one module per concern.
-_COMMAND_MODULES: tuple[str, ...] = ()
+_COMMAND_MODULES: tuple[str, ...] = (
+    "serialmon.cli_simulate",
+)
 
 
 @app.callback()
