@@ -366,7 +366,9 @@ def map_freecad_type(freecad_type: str, python_class: str | None = None) -> tupl
 def build_serialized_content(root: Element, model_name: str) -> dict[str, Any]:
     """Build ``serialized_content`` from a parsed ``<Document>`` element.
 
-    File-level metadata (size, hash) is left to the caller. Raises
+    Each feature's ``status`` is ``"valid"``, ``"touched"`` or ``"invalid"``,
+    from the flags of its ``<Objects>`` entry. File-level metadata (size,
+    hash) is left to the caller. Raises
     FCStdError(kind="malformed_xml") when the ``<Objects>`` section is missing.
     """
     objects_section = root.find("Objects")
@@ -401,6 +403,7 @@ def build_serialized_content(root: Element, model_name: str) -> dict[str, Any]:
                 "element_tree": {"elements": reading.elements, "element_count": len(reading.elements)},
                 "references": reading.references,
                 "feature_geometry": reading.placement,
+                "status": _object_status(entry),
             }
         )
         relations.extend({"feature": name, **expression} for expression in reading.expressions)
@@ -673,6 +676,24 @@ def _document_metadata(root: Element) -> dict[str, Any]:
         # Empty strings are FreeCAD's default for unset fields.
         metadata[key] = prop[0].get("value") or None
     return metadata
+
+
+def _object_status(entry: Element) -> str:
+    """Return ``"invalid"``, ``"touched"`` or ``"valid"`` for one ``<Objects>/<Object>`` entry.
+
+    FreeCAD marks an object whose last recompute failed with ``Invalid="1"``
+    and one that needs a recompute with ``Touched="1"``. An object with both
+    flags is ``"invalid"``.
+
+    NOTE: none of the checked documents saved before FreeCAD 0.18 carries
+    either flag, so for those files ``"valid"`` may only mean that no flag was
+    saved.
+    """
+    if entry.get("Invalid") == "1":
+        return "invalid"
+    if entry.get("Touched") == "1":
+        return "touched"
+    return "valid"
 
 
 def _is_assembly(features: list[dict[str, Any]]) -> bool:
