@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from serialmon.config import describe_settings, get_settings, load_settings, set_settings
@@ -39,6 +40,9 @@ _state = {"debug": False}
 _COMMAND_MODULES: tuple[str, ...] = (
     "serialmon.cli_simulate",
     "serialmon.cli_doctor",
+    "serialmon.cli_alerts",
+    "serialmon.cli_status",
+    "serialmon.cli_monitor",
 )
 
 
@@ -60,7 +64,7 @@ def _main_options(
 
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error and exit; used for mistakes the user can fix."""
-    err_console.print(f"[bold red]Error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]Error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -163,7 +167,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except SerialmonError as error:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]Error:[/] {error}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("Interrupted.")
@@ -182,13 +186,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         if isinstance(error, ProgrammingError) and "does not exist" in str(error.orig):
             first = str(error.orig).strip().splitlines()[0]
             err_console.print(
-                f"[bold red]Error:[/] {first}. Run `serialmon init` (add --create-models-table for a new database).",
+                f"[bold red]Error:[/] {escape(first)}. Run `serialmon init` (add --create-models-table for a new database).",
                 highlight=False,
                 soft_wrap=True,
             )
             sys.exit(2)
         err_console.print(
-            f"[bold red]Error:[/] {type(error).__name__}: {error}. Rerun with --debug for the traceback.",
+            f"[bold red]Error:[/] {type(error).__name__}: {escape(str(error))}. Rerun with --debug for the traceback.",
             highlight=False,
             soft_wrap=True,
         )

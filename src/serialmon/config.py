@@ -80,6 +80,8 @@ class Settings(BaseSettings):
         default_factory=list, validation_alias=_env("ALERT_TO_EMAILS", "SERIALMON_ALERT_TO_EMAILS")
     )
     webhook_url: SecretStr | None = Field(default=None, description="optional JSON webhook (Slack-compatible)")
+    webhook_timeout_sec: float = Field(default=10.0, gt=0, le=300)
+    smtp_ca_file: Path | None = Field(default=None, description="PEM CA bundle that verifies the SMTP server")
     outbox_dir: Path | None = Field(default=None, description="where .eml files go without SMTP")
 
     # Collector
@@ -88,6 +90,12 @@ class Settings(BaseSettings):
     writer_batch_size: int = Field(default=2_000, ge=1, le=100_000)
     writer_flush_interval_sec: float = Field(default=1.0, gt=0, le=3600)
     heartbeat_interval_sec: float = Field(default=15.0, gt=0, le=3600)
+    writer_retry_max_sec: float = Field(
+        default=30.0, gt=0, le=3600, description="longest wait between the event writer's database retries"
+    )
+    journal_rotate_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=4096, description="size at which the event journal starts a new file"
+    )
     events_retention_days: int = Field(default=90, ge=1)
 
     # Alert thresholds
@@ -103,10 +111,96 @@ class Settings(BaseSettings):
     cooldown_minutes: float = Field(default=30.0, ge=0)
     alert_history_retention_days: int = Field(default=90, ge=1)
 
+    # Alerts: hysteresis, anomaly detection, state machine and delivery
+    coverage_recovery_margin: float = Field(
+        default=2.0, ge=0, le=100, description="percentage points above a coverage threshold before it clears"
+    )
+    failure_rate_recovery_margin: float = Field(
+        default=0.02, ge=0, le=1, description="fraction below a failure-rate threshold before it clears"
+    )
+    anomaly_z_threshold: float = Field(default=3.0, gt=0, le=100, description="coverage anomaly fires below -z")
+    anomaly_recovery_z: float = Field(default=1.0, ge=0, le=100, description="z units the score must recover by")
+    anomaly_training_days: float = Field(default=7.0, gt=0, le=365, description="history before the window")
+    anomaly_min_history_models: int = Field(default=30, ge=2, le=1_000_000)
+    anomaly_min_recent_models: int = Field(default=5, ge=1, le=1_000_000)
+    anomaly_min_drop: float = Field(
+        default=5.0, ge=0, le=100, description="percentage points the mean must drop, besides the z-score"
+    )
+    anomaly_min_std: float = Field(
+        default=1.0, gt=0, le=100, description="floor for the historic standard deviation, in percentage points"
+    )
+    stall_forget_hours: float = Field(
+        default=24.0, gt=0, le=24 * 365, description="ignore worker heartbeats older than this"
+    )
+    alert_rule_for_minutes: dict[str, float] = Field(
+        default_factory=dict, description='per-rule `for` duration in minutes, as JSON: {"processing_stall": 5}'
+    )
+    alert_repeat_minutes: float = Field(
+        default=240.0, ge=0, le=60 * 24 * 30, description="reminder interval for a still-firing alert; 0 = none"
+    )
+    notify_resolved: bool = Field(default=True, description="send a notification when an alert resolves")
+    alert_interval_sec: float = Field(default=60.0, gt=0, le=86_400, description="`alerts run` evaluation interval")
+    alert_lock_timeout_sec: float = Field(
+        default=30.0, gt=0, le=3600, description="how long an evaluator waits for another one to finish"
+    )
+    notification_retry_base_sec: float = Field(default=30.0, gt=0, le=86_400)
+    notification_retry_max_sec: float = Field(default=3600.0, gt=0, le=7 * 86_400)
+    notification_lease_sec: float = Field(
+        default=300.0, gt=0, le=86_400, description="a claimed notification is retried after this if unrecorded"
+    )
+
     # Database monitor
     size_sample_interval_sec: int = Field(default=300, ge=0)
     size_samples_retention_days: int = Field(default=90, ge=1)
     table_size_limit_bytes: int | None = Field(default=None, ge=1)
+    monitor_statement_timeout_ms: int = Field(
+        default=5_000, ge=10, le=3_600_000, description="statement_timeout of each database monitor statement"
+    )
+    monitor_lock_timeout_ms: int = Field(
+        default=200, ge=1, le=60_000, description="how long a monitor statement waits for a lock before skipping"
+    )
+    monitor_exact_timeout_ms: int = Field(
+        default=900_000, ge=1_000, le=86_400_000, description="statement_timeout of the exact bloat scan"
+    )
+    monitor_sample_pages: int = Field(
+        default=200, ge=1, le=1_000_000, description="heap pages the TABLESAMPLE of JSONB sizes aims to read"
+    )
+    ledger_fresh_minutes: float = Field(
+        default=10.0, gt=0, le=10_080, description="JSONB sizes come from the ledger when refreshed this recently"
+    )
+    unused_index_min_days: float = Field(
+        default=7.0, ge=0, le=3650, description="statistics age before a never-scanned index counts as unused"
+    )
+    table_size_warning_ratio: float = Field(default=0.80, gt=0, le=1, description="of table_size_limit_bytes")
+    table_size_critical_ratio: float = Field(default=0.95, gt=0, le=1, description="of table_size_limit_bytes")
+    db_bloat_warning_percent: float = Field(default=30.0, gt=0, le=100)
+    db_bloat_critical_percent: float = Field(default=50.0, gt=0, le=100)
+    db_bloat_min_bytes: int = Field(
+        default=100 * 1024 * 1024, ge=0, description="wasted bytes below which bloat never alerts"
+    )
+    db_cache_hit_warning: float = Field(default=0.99, ge=0, le=1, description="between the last two size samples")
+    db_cache_hit_critical: float = Field(default=0.90, ge=0, le=1)
+    db_cache_hit_min_blocks: int = Field(
+        default=1_000, ge=1, description="block accesses between samples below which the ratio is not judged"
+    )
+    db_dead_tuples_warning_ratio: float = Field(default=0.10, gt=0, le=1, description="dead / (live + dead)")
+    db_dead_tuples_critical_ratio: float = Field(default=0.20, gt=0, le=1)
+    db_dead_tuples_min: int = Field(default=10_000, ge=0, description="dead tuples below which nothing alerts")
+    db_autovacuum_max_age_hours: float = Field(
+        default=240.0, gt=0, le=24 * 365, description="vacuum age that alerts while dead tuples pile up"
+    )
+    db_long_transaction_warning_minutes: float = Field(default=15.0, gt=0, le=10_080)
+    db_long_transaction_critical_minutes: float = Field(default=60.0, gt=0, le=10_080)
+
+    # Model-quality ledger
+    ledger_change_check: Literal["exact", "statistics"] = Field(
+        default="exact",
+        description="exact: every refresh compares each row's version (one heap scan); statistics: skip that "
+        "scan while the table's insert/update/delete counters are unchanged",
+    )
+    ledger_full_check_sec: float = Field(
+        default=300.0, ge=0, le=86_400, description="statistics mode: longest time between two exact comparisons"
+    )
 
     # Dashboard
     dashboard_host: str = Field(default="127.0.0.1")
@@ -123,6 +217,14 @@ class Settings(BaseSettings):
             if not _EMAIL.match(address):
                 raise ValueError(f"{address!r} is not an e-mail address (expected a comma-separated list)")
         return addresses
+
+    @field_validator("alert_rule_for_minutes")
+    @classmethod
+    def _check_rule_for_minutes(cls, value: dict[str, float]) -> dict[str, float]:
+        for rule, minutes in value.items():
+            if not 0 <= minutes <= 60 * 24 * 30:
+                raise ValueError(f"rule {rule!r} has `for` duration {minutes} minutes, expected 0 to 43200")
+        return value
 
     @field_validator("alert_from_email")
     @classmethod

@@ -86,11 +86,16 @@ def table_exists(conn: Connection, schema: str, table: str) -> bool:
 
 
 def current_revision(conn: Connection, settings: Settings) -> str | None:
-    """Return the applied migration revision, or None when serialmon's schema is not initialised."""
+    """Return the applied migration heads joined by "+", or None when serialmon's schema is not initialised.
+
+    Each concern adds its migrations on a branch of its own, so a database has
+    several heads; they are listed in sorted order.
+    """
     if not table_exists(conn, settings.state_schema, "alembic_version"):
         return None
     quoted = names(settings).table("alembic_version")
-    return conn.execute(text(f"SELECT version_num FROM {quoted} LIMIT 1")).scalar_one_or_none()
+    heads = conn.execute(text(f"SELECT version_num FROM {quoted} ORDER BY version_num")).scalars().all()
+    return "+".join(heads) or None
 
 
 def _upgrade(conn: Connection, settings: Settings) -> str | None:
