@@ -163,7 +163,7 @@ class Settings(BaseSettings):
         default=900_000, ge=1_000, le=86_400_000, description="statement_timeout of the exact bloat scan"
     )
     monitor_sample_pages: int = Field(
-        default=200, ge=1, le=1_000_000, description="heap pages the TABLESAMPLE of JSONB sizes aims to read"
+        default=40, ge=1, le=1_000_000, description="heap pages the TABLESAMPLE of JSONB sizes aims to read"
     )
     ledger_fresh_minutes: float = Field(
         default=10.0, gt=0, le=10_080, description="JSONB sizes come from the ledger when refreshed this recently"
