@@ -377,6 +377,25 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
     return rows
 
 
+def settings_reference() -> str:
+    """Return a Markdown table of every setting: variables, default and description (docs/configuration.md)."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for field, info in Settings.model_fields.items():
+        variables = ", ".join(f"`{name}`" for name in env_names(field))
+        if info.default_factory is not None:
+            default = _masked_value(field, info.default_factory())
+        elif field == "data_dir":
+            default = "the user data folder (platformdirs)"
+        else:
+            default = _masked_value(field, info.default)
+        limits = [f"{label} {getattr(meta, attr)}" for meta in info.metadata
+                  for attr, label in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+                  if getattr(meta, attr, None) is not None]
+        meaning = (info.description or field.replace("_", " ")) + (f" ({', '.join(limits)})" if limits else "")
+        lines.append(f"| {variables} | {default.replace('|', '/')} | {meaning.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
 def _masked_value(field: str, value: Any) -> str:
     if value is None:
         return "-"
