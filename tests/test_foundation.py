@@ -136,3 +136,12 @@ def test_state_schema_name_is_quoted(database_url, tmp_path):
     assert quoted == '"odd ""schema""; drop"."batch_jobs"'
     assert run_sync(None, lambda conn: conn.execute(text(f"SELECT count(*) FROM {quoted}")).scalar_one(),
                     settings) == 0
+
+
+def test_configuration_doc_is_current():
+    from pathlib import Path
+
+    from serialmon.config import settings_reference
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert settings_reference() in doc, "regenerate the table with `serialmon config --reference`"

@@ -40,9 +40,11 @@ _state = {"debug": False}
 _COMMAND_MODULES: tuple[str, ...] = (
     "serialmon.cli_simulate",
     "serialmon.cli_doctor",
+    "serialmon.cli_demo",
     "serialmon.cli_alerts",
     "serialmon.cli_status",
     "serialmon.cli_monitor",
+    "serialmon.cli_dashboard",
 )
 
 
@@ -73,8 +75,15 @@ def debug_enabled() -> bool:
 
 
 @app.command("config")
-def config_command() -> None:
+def config_command(
+    reference: bool = typer.Option(False, "--reference", help="Print every setting with its default as Markdown."),
+) -> None:
     """Print the effective settings and where each came from (secrets masked)."""
+    if reference:
+        from serialmon.config import settings_reference
+
+        print(settings_reference(), end="")
+        return
     table = Table("variable", "value", "source", title="serialmon settings")
     for variable, value, source in describe_settings(get_settings()):
         table.add_row(variable, value, source)
