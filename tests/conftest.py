@@ -77,7 +77,8 @@ def settings(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         if variable.startswith(("SERIALMON_", "SMTP_", "ALERT_")) or variable in ("MODEL_DATA_DB_URL", "DATABASE_URL"):
             monkeypatch.delenv(variable, raising=False)
     monkeypatch.chdir(tmp_path)
-    current = load_settings(database_url=database_url, data_dir=tmp_path / "data")
+    # Tests write rows and read them back at once, so the ledger compares every row version.
+    current = load_settings(database_url=database_url, data_dir=tmp_path / "data", ledger_change_check="exact")
     set_settings(current)
     return current
 

@@ -194,7 +194,7 @@ class Settings(BaseSettings):
 
     # Model-quality ledger
     ledger_change_check: Literal["exact", "statistics"] = Field(
-        default="exact",
+        default="statistics",
         description="exact: every refresh compares each row's version (one heap scan); statistics: skip that "
         "scan while the table's insert/update/delete counters are unchanged",
     )

@@ -196,6 +196,22 @@ def _first_line(error: BaseException) -> str:
     return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
+def connect(settings: Settings | None = None) -> Connection:
+    """Return a new connection from serialmon's engine; the caller closes it and manages its transactions.
+
+    Raises `DatabaseUnavailable` with the fix when the server cannot be reached.
+    """
+    engine = get_engine(settings)
+    try:
+        return engine.connect()
+    except OperationalError as error:
+        raise DatabaseUnavailable(
+            f"Cannot connect to the database at {describe_url(engine.url.render_as_string())}: "
+            f"{_first_line(error)}.",
+            "Check MODEL_DATA_DB_URL / DATABASE_URL and that the server is running (`serialmon doctor`).",
+        ) from error
+
+
 def run_sync(session: AnySession, fn: Callable[[Connection], T], settings: Settings | None = None) -> T:
     """Run `fn(connection)` on a synchronous `Session`, `Connection`, or serialmon's own engine.
 
