@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -27,10 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
 from aiosmtpd.controller import Controller
 from sqlalchemy import text
 
+from machine import machine_info
 from serialmon.alerts import AlertManager
 from serialmon.alerts.outbox import enqueue
 from serialmon.alerts.rules import default_rules
@@ -44,23 +43,8 @@ NOW = datetime(2025, 3, 3, 12, 0, tzinfo=timezone.utc)
 
 
 def machine(settings: Settings) -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     version = run_sync(None, lambda conn: conn.execute(text("SHOW server_version")).scalar_one(), settings)
-    return {
-        "CPU": cpu,
-        "cores (logical)": str(psutil.cpu_count()),
-        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "PostgreSQL": version,
-    }
+    return machine_info(version)
 
 
 def fill_events(settings: Settings, total: int) -> None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
-import platform
 import random
 import shutil
 import statistics
@@ -32,6 +30,7 @@ import numpy as np
 import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from machine import machine_info
 from serialmon.collector import SerializeMetricsCollector
 from serialmon.config import Settings, load_settings
 from serialmon.db import dispose_engines, get_engine, names
@@ -52,27 +51,12 @@ CATEGORIES = ("brackets", "shafts", "housings", "covers", "fasteners")
 
 
 def machine(settings: Settings) -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     raw = get_engine(settings).raw_connection()
     try:
         version = raw.driver_connection.execute("SHOW server_version").fetchone()[0]
     finally:
         raw.close()
-    return {
-        "CPU": cpu,
-        "cores (logical)": str(psutil.cpu_count()),
-        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "PostgreSQL": version,
-    }
+    return machine_info(version)
 
 
 def record_arguments(rng: random.Random, count: int) -> list[tuple]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import shutil
 import statistics
 import sys
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import psycopg
 
+from machine import machine_info
 from serialmon.config import load_settings
 from serialmon.db import dispose_engines
 from serialmon.embedded import EmbeddedServer
@@ -57,17 +56,6 @@ QUERIES = (
     "SELECT category, count(*) FROM serialized_models GROUP BY category",
     "SELECT id, updated_at FROM serialized_models ORDER BY id DESC LIMIT 20",
 )
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version(), "os": platform.platform()}
 
 
 def build(conninfo: str, megabytes: int) -> int:
@@ -158,9 +146,9 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
 
-    info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, Python {info['python']}, "
-          f"PostgreSQL {results[0][7]}, {info['os']}")  # fmt: skip
+    info = machine_info()
+    print(f"machine: {info['CPU']}, {info['cores (logical)']} cores, {info['memory']}, Python {info['Python']}, "
+          f"PostgreSQL {results[0][7]}, {info['OS']}")  # fmt: skip
     print(f"{args.runs} timed runs of get_full_report() per table, alternating, after 2 warm-up runs, session=None")
     print()
     print("| table | rows | total size | heap | TOAST | median ms | p90 ms | min ms |")

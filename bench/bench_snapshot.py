@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -30,11 +29,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import psutil
 import psycopg
 from psycopg import sql
 from sqlalchemy.engine import make_url
 
+from machine import machine_info
 from serialmon.config import Settings, load_settings, normalize_url, set_settings
 from serialmon.db import dispose_engines, get_engine
 from serialmon.embedded import EmbeddedServer
@@ -182,23 +181,10 @@ WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
 
 
 def machine(conn: psycopg.Connection) -> dict[str, str]:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "CPU": cpu,
-        "cores (logical)": str(psutil.cpu_count()),
-        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
-        "OS": platform.platform(),
-        "Python": platform.python_version(),
-        "PostgreSQL": conn.execute("SHOW server_version").fetchone()[0],
-        "shared_buffers": conn.execute("SHOW shared_buffers").fetchone()[0],
-    }
+    return machine_info(
+        conn.execute("SHOW server_version").fetchone()[0],
+        shared_buffers=conn.execute("SHOW shared_buffers").fetchone()[0],
+    )
 
 
 def libpq(url: str) -> str:

@@ -80,7 +80,7 @@ def run_demo(
     data directory). Raises `SerialmonError` when the server cannot start.
     """
     from serialmon.config import load_settings, set_settings
-    from serialmon.db import database_url, dispose_engines
+    from serialmon.db import dispose_engines
     from serialmon.schema import init_db
 
     step = on_step or (lambda message: logger.info(message))
