@@ -106,7 +106,10 @@ def test_exporter_values_equal_snapshot(initialized, libpq_url):
     (batch,) = snapshot["batches"]
     assert value(samples, "serialmon_batch_progress_ratio", batch_id="b1") == pytest.approx(batch["percent"] / 100)
     assert value(samples, "serialmon_batch_eta_seconds", batch_id="b1") == pytest.approx(batch["eta_seconds"])
-    assert value(samples, "serialmon_batch_models", batch_id="b1", state="failed") == 2
+    # Models count once, by their latest attempt (m2 failed); attempts come from the batch row's counters.
+    assert value(samples, "serialmon_batch_models", batch_id="b1", state="processed") == 4
+    assert value(samples, "serialmon_batch_models", batch_id="b1", state="failed") == 1
+    assert value(samples, "serialmon_batch_models", batch_id="b1", state="failed_attempts") == 2
     assert value(samples, "serialmon_batch_status", batch_id="b1", status="running") == 1
     for worker in snapshot["workers"]:
         heartbeat = datetime.fromisoformat(worker["heartbeat_at"]).timestamp()
@@ -145,7 +148,8 @@ def test_exporter_serves_http_on_loopback(initialized, libpq_url):
     assert server.server_address[0] == "127.0.0.1"
     assert response.status_code == 200
     assert "serialmon_up 1.0" in response.text
-    assert 'serialmon_batch_progress_ratio{batch_id="b1"} 0.25' in response.text
+    # b1 has events for 4 distinct models of its 40.
+    assert 'serialmon_batch_progress_ratio{batch_id="b1"} 0.1' in response.text
 
 
 @pytest.mark.parametrize("port", [-1, 70000, "9464"])

@@ -237,6 +237,25 @@ def test_young_batch_throughput_counts_from_its_start(initialized, libpq_url, co
     assert batch["eta_seconds"] == pytest.approx(90 / (10 / 300))
 
 
+def test_batch_progress_counts_retried_model_once(initialized, libpq_url, conn):
+    insert_batch(libpq_url, "retry", total=3, processed=4, started_minutes_ago=30)
+    insert_events(libpq_url, [
+        event(20, batch_id="retry", name="a.prt", status="failure"),
+        event(10, batch_id="retry", name="a.prt"),
+        event(9, batch_id="retry", name="b.prt"),
+        event(8, batch_id="retry", name="c.prt", status="failure"),
+    ])
+
+    (batch,) = batches(conn, initialized, now=NOW)
+
+    assert batch["processed"] == 3
+    assert batch["percent"] == 100.0
+    assert batch["succeeded"] == 2
+    assert batch["failed"] == 1
+    assert batch["attempts"] == 4
+    assert batch["remaining"] == 0
+
+
 def test_stale_running_batch_is_abandoned(initialized, libpq_url, conn):
     insert_batch(libpq_url, "stale", total=50, processed=10, started_minutes_ago=60, heartbeat_minutes_ago=20)
     insert_batch(libpq_url, "fresh", total=50, processed=10, started_minutes_ago=60, heartbeat_minutes_ago=1)

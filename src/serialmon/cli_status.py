@@ -366,7 +366,7 @@ def _print_batches(console: Any, batches: list[dict[str, Any]]) -> None:
         return
     styles = {"running": "green", "completed": "default", "failed": "bold red", "abandoned": "bold red"}
     table = Table(
-        "batch", "status", "progress", "failed", "skipped", "per hour (15 min)", "ETA",
+        "batch", "status", "progress (models)", "failed (attempts)", "skipped", "per hour (15 min)", "ETA",
         title="Batches", title_justify="left",
     )
     for batch in batches:
@@ -375,7 +375,7 @@ def _print_batches(console: Any, batches: list[dict[str, Any]]) -> None:
             batch["name"] or batch["batch_id"],
             _styled(batch["status"], styles.get(batch["status"], "default")),
             f"{batch['processed']:,} / {total} ({_number(batch['percent'], '.1f', ' %')})",
-            _number(batch["failed"]),
+            f"{_number(batch['failed'])} ({_number(batch['failed_attempts'])})",
             _number(batch["skipped"]),
             _number(batch["throughput_per_hour"], ",.1f"),
             _duration(batch["eta_seconds"]),

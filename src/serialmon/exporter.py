@@ -229,7 +229,7 @@ def _batch_metrics(batches: list[dict[str, Any]]) -> list[Metric]:
         batch_id = batch["batch_id"]
         if batch["percent"] is not None:
             progress.add_metric([batch_id], batch["percent"] / 100.0)
-        for state in ("total", "processed", "succeeded", "failed", "skipped"):
+        for state in ("total", "processed", "succeeded", "failed", "skipped", "attempts", "failed_attempts"):
             if batch[state] is not None:
                 counts.add_metric([batch_id, state], batch[state])
         throughput.add_metric([batch_id], batch["throughput_per_hour"])

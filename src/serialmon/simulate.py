@@ -413,6 +413,17 @@ def run_worker(
     return counts
 
 
+_ERROR_CLASSES: dict[str, type[Exception]] = {}
+
+
+def _pipeline_error(error_type: str, message: str) -> Exception:
+    """Return an exception named like the pipeline's, so the collector stores its type and message apart."""
+    cls = _ERROR_CLASSES.get(error_type)
+    if cls is None:
+        cls = _ERROR_CLASSES[error_type] = type(error_type, (Exception,), {"__module__": __name__})
+    return cls(message)
+
+
 def _record(collector: Any, model: SimulatedModel, batch_id: str | None, finished_at: datetime | None) -> None:
     """Record the model's failed attempt (if any) and its final outcome."""
     failed = model.failed_attempt
@@ -420,7 +431,7 @@ def _record(collector: Any, model: SimulatedModel, batch_id: str | None, finishe
         failed_at = finished_at - timedelta(seconds=model.processing_time_sec) if finished_at else None
         collector.record_serialization_sync(
             model.model_name, model.model_type, "failure", failed.processing_time_sec, None, model.category,
-            batch_id=batch_id, error=f"{failed.error_type}: {failed.error_message}", tags=model.tags,
+            batch_id=batch_id, error=_pipeline_error(failed.error_type, failed.error_message), tags=model.tags,
             occurred_at=failed_at,
         )
     collector.record_serialization_sync(

@@ -19,13 +19,28 @@ _BATCHES_SQL = """
     SELECT
         b.batch_id, b.name, b.status, b.total_models, b.processed, b.succeeded, b.failed, b.skipped,
         b.started_at, b.updated_at, b.heartbeat_at, b.finished_at, b.host, b.pid,
-        recent.events AS recent_events
+        recent.events AS recent_events,
+        models.processed AS models_processed, models.succeeded AS models_succeeded,
+        models.failed AS models_failed, models.skipped AS models_skipped
     FROM {batch_jobs} AS b
     LEFT JOIN LATERAL (
         SELECT count(*) AS events
         FROM {events} AS e
         WHERE e.batch_id = b.batch_id AND e.occurred_at > :recent_since AND e.occurred_at <= :now
     ) AS recent ON true
+    LEFT JOIN LATERAL (
+        -- Each model counts once, by its latest attempt: a model retried after a failure is one model.
+        SELECT count(*) AS processed,
+               count(*) FILTER (WHERE latest.status = 'success') AS succeeded,
+               count(*) FILTER (WHERE latest.status = 'failure') AS failed,
+               count(*) FILTER (WHERE latest.status = 'skipped') AS skipped
+        FROM (
+            SELECT DISTINCT ON (e.model_name) e.status
+            FROM {events} AS e
+            WHERE e.batch_id = b.batch_id
+            ORDER BY e.model_name, e.occurred_at DESC, e.recorded_at DESC
+        ) AS latest
+    ) AS models ON true
     WHERE b.started_at < coalesce(CAST(:until AS timestamptz), 'infinity')
       AND (b.finished_at IS NULL OR b.finished_at >= coalesce(CAST(:since AS timestamptz), '-infinity'))
     ORDER BY b.status = 'running' DESC, b.started_at DESC, b.batch_id
@@ -46,7 +61,10 @@ def batches(
     Each batch has `batch_id`, `name` and `status`. The status is the stored
     one, except that a running batch whose heartbeat is older than
     `stall_minutes` is `abandoned`. Then come `stored_status`, `stalled` (that
-    condition), `total`, `processed`, `succeeded`, `failed`, `skipped`,
+    condition), `total`, `processed` (distinct models with an event in the batch),
+    `succeeded`, `failed` and `skipped` (models by the status of their latest
+    attempt, so a model retried after a failure counts once), `attempts` and
+    `failed_attempts` (every recorded event, from the batch row's counters),
     `percent` (processed / total x 100, None without a total), `started_at`,
     `updated_at`, `heartbeat_at`, `finished_at` (ISO 8601), `heartbeat_age_sec`,
     `host` and `pid`.
@@ -84,7 +102,7 @@ def _batch(row: Any, settings: Settings, now: datetime) -> dict[str, Any]:
     rate_per_sec = row.recent_events / recent_sec if recent_sec > 0 else 0.0
 
     total = row.total_models
-    remaining = max(total - row.processed, 0) if total is not None else None
+    remaining = max(total - row.models_processed, 0) if total is not None else None
     eta_seconds: float | None = None
     if status == "running" and remaining is not None:
         if remaining == 0:
@@ -99,11 +117,13 @@ def _batch(row: Any, settings: Settings, now: datetime) -> dict[str, Any]:
         "stored_status": row.status,
         "stalled": stalled,
         "total": total,
-        "processed": row.processed,
-        "succeeded": row.succeeded,
-        "failed": row.failed,
-        "skipped": row.skipped,
-        "percent": 100.0 * row.processed / total if total else None,
+        "processed": row.models_processed,
+        "succeeded": row.models_succeeded,
+        "failed": row.models_failed,
+        "skipped": row.models_skipped,
+        "percent": 100.0 * row.models_processed / total if total else None,
+        "attempts": row.processed,
+        "failed_attempts": row.failed,
         "started_at": iso(row.started_at),
         "updated_at": iso(row.updated_at),
         "heartbeat_at": iso(row.heartbeat_at),

@@ -30,7 +30,7 @@ _CATEGORIES_SQL = """
     ORDER BY category
 """
 
-# min/max use the index on occurred_at; the ledger count is one index-only scan.
+# min/max use the index on occurred_at; the count reads the narrow ledger, never the monitored table.
 _EXTENT_SQL = """
     SELECT
         (SELECT min(occurred_at) FROM {events}) AS first_event_at,
@@ -179,7 +179,7 @@ def size_history(
     """Return the monitored table's size samples in [since, until), oldest first, thinned to `max_points`.
 
     Samples come from `table_size_samples` (the database monitor records one
-    per `size_sample_interval_sec`). When the range holds more than
+    per `size_sample_interval_sec`). When the range contains more than
     `max_points` (1-10,000) samples, it is cut into `max_points` equal time
     buckets and the latest sample of each is kept. Each point:
     `sampled_at` (ISO 8601), `heap_bytes`, `toast_bytes`, `index_bytes`,
