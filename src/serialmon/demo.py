@@ -2,10 +2,10 @@
 
 The demo works in a database of its own (`serialmon_demo`), dropped and made
 anew at every run, so it never touches the user's data and runs any number of
-times. Hours of pipeline time are simulated in seconds: events carry times on
-a simulated clock that ends now, and the alert manager is evaluated at steps
-along that clock, so alerts fire, escalate and resolve as they would have
-during the real run.
+times. Hours of pipeline time are simulated in seconds, because events carry
+times on a simulated clock that ends now. The alert manager is evaluated at
+steps along that clock, so alerts fire, escalate and resolve as they would
+have during the real run.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each simulated model gets a `serialized_content` in the documented format, with
 Creo feature type ids, element trees, unknown features, and a
-`serialization_quality` block; a share of rows uses the older layout (coverage
-at the top level, or no quality block at all) and a few are malformed, as in
+`serialization_quality` block. A share of rows uses the older layout (coverage
+at the top level, or no quality block at all), and a few are malformed, as in
 real tables. Rows are upserted on `model_name`, so a rerun overwrites them.
 Every model, failed or not, is recorded through the metrics collector.
 

@@ -61,13 +61,13 @@ def batches(
     Each batch has `batch_id`, `name` and `status`. The status is the stored
     one, except that a running batch whose heartbeat is older than
     `stall_minutes` is `abandoned`. Then come `stored_status`, `stalled` (that
-    condition), `total`, `processed` (distinct models with an event in the batch),
-    `succeeded`, `failed` and `skipped` (models by the status of their latest
-    attempt, so a model retried after a failure counts once), `attempts` and
-    `failed_attempts` (every recorded event, from the batch row's counters),
-    `percent` (processed / total x 100, None without a total), `started_at`,
-    `updated_at`, `heartbeat_at`, `finished_at` (ISO 8601), `heartbeat_age_sec`,
-    `host` and `pid`.
+    condition) and `total`. `processed` counts distinct models with an event in
+    the batch. `succeeded`, `failed` and `skipped` count models by the status of
+    their latest attempt, so a model retried after a failure counts once.
+    `attempts` and `failed_attempts` count every recorded event, from the batch
+    row's counters. Then come `percent` (processed / total x 100, None without
+    a total), `started_at`, `updated_at`, `heartbeat_at`, `finished_at`
+    (ISO 8601), `heartbeat_age_sec`, `host` and `pid`.
 
     `recent_events` counts the batch's events of any status in the last 15
     minutes, or since its start when that is later, and `throughput_per_hour`

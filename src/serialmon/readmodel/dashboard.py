@@ -8,7 +8,7 @@ Like the rest of the read model, each function takes a synchronous
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, text
@@ -213,12 +213,12 @@ def size_history(
 
 
 def window_filters(conn: Connection, filters: Filters | None, minutes: float | None) -> Filters:
-    """Return `filters` limited to the last `minutes` minutes before the database's now (None: unchanged).
+    """Return `filters` limited to the `minutes` minutes before `filters.until` or the database's now.
 
-    This is the window that `get_snapshot(minutes=...)` uses, so figures read
-    with it match the snapshot's.
+    This is `get_snapshot(minutes=...)`'s own window (`snapshot_window`), so
+    figures read with it match the snapshot's. `minutes=None` leaves the
+    filters unchanged.
     """
-    filters = filters or Filters()
-    if minutes is None:
-        return filters
-    return filters.with_window(database_now(conn) - timedelta(minutes=minutes), None)
+    from serialmon.readmodel.snapshot import snapshot_window
+
+    return snapshot_window(filters or Filters(), minutes, database_now(conn))
