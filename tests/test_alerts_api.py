@@ -91,6 +91,8 @@ async def test_history_newest_first_and_by_key(initialized):
     ("arguments", "message"),
     [
         ({"rule": "", "duration": 60, "reason": "x"}, "rule must be 1-100 characters"),
+        ({"rule": "high_failure_rat", "duration": 60, "reason": "x"}, "unknown rule 'high_failure_rat'"),
+        ({"rule": "db_bloot", "duration": 60, "reason": "x"}, "one of .*db_bloat"),
         ({"rule": "high_failure_rate", "duration": 60, "reason": " "}, "reason must not be empty"),
         ({"rule": "high_failure_rate", "reason": "x"}, "give exactly one of until and duration"),
         ({"rule": "high_failure_rate", "duration": -5, "reason": "x"}, "duration must be positive"),

@@ -72,6 +72,18 @@ def test_doctor_missing_table_gives_fix(settings, database_url, tmp_path):
     assert "--create-models-table" in result.stdout
 
 
+def test_doctor_foreign_table_gives_fix(settings, database_url, libpq_url, tmp_path):
+    from serialmon.schema import init_db
+
+    init_db(settings)
+    with psycopg.connect(libpq_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE serialized_models (uid text PRIMARY KEY, blob bytea)")
+    result = run_cli("doctor", env={"DATABASE_URL": database_url, "COLUMNS": "250"}, cwd=tmp_path)
+    assert result.returncode == 1
+    assert "lacks the column(s) id, model_name" in result.stdout
+    assert "SERIALMON_MODELS_TABLE" in result.stdout
+
+
 def test_doctor_wrong_url_gives_fix(tmp_path):
     env = {"DATABASE_URL": "postgresql://nobody:pw@127.0.0.1:1/none", "COLUMNS": "200",
            "SERIALMON_CONNECT_TIMEOUT_SEC": "2"}

@@ -112,10 +112,14 @@ def init_command(
 def _embedded():
     from serialmon.embedded import default_server
 
+    from urllib.parse import unquote
+
     settings = get_settings()
-    if settings.database_url is not None:
+    server = default_server(settings.data_dir)
+    configured = settings.database_url.get_secret_value() if settings.database_url else None
+    if configured is not None and str(server.pgdata) not in unquote(configured):
         err_console.print("[yellow]Note:[/] a database URL is configured, so serialmon does not use this server.")
-    return default_server(settings.data_dir)
+    return server
 
 
 @db_app.command("start")
@@ -190,18 +194,26 @@ def main(argv: Optional[list[str]] = None) -> None:
             sys.exit(getattr(error, "exit_code", 2))
         if _state["debug"]:
             raise
-        from sqlalchemy.exc import ProgrammingError
+        from sqlalchemy.exc import DBAPIError, ProgrammingError
 
+        if isinstance(error, ValueError):
+            # The API validates its arguments with ValueErrors that name the field, value and range.
+            err_console.print(f"[bold red]Error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+            sys.exit(2)
         if isinstance(error, ProgrammingError) and "does not exist" in str(error.orig):
             first = str(error.orig).strip().splitlines()[0]
             err_console.print(
-                f"[bold red]Error:[/] {escape(first)}. Run `serialmon init` (add --create-models-table for a new database).",
+                f"[bold red]Error:[/] {escape(first)}. Run `serialmon init` (add --create-models-table for a new "
+                "database), and check SERIALMON_MODELS_TABLE with `serialmon doctor`.",
                 highlight=False,
                 soft_wrap=True,
             )
             sys.exit(2)
+        # A database error's text ends with the whole SQL statement: show the server's first line only.
+        shown = str(error.orig).strip().splitlines()[0] if isinstance(error, DBAPIError) and str(error.orig).strip() \
+            else str(error)
         err_console.print(
-            f"[bold red]Error:[/] {type(error).__name__}: {escape(str(error))}. Rerun with --debug for the traceback.",
+            f"[bold red]Error:[/] {type(error).__name__}: {escape(shown)}. Rerun with --debug for the traceback.",
             highlight=False,
             soft_wrap=True,
         )

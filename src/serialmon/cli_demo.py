@@ -84,7 +84,8 @@ def _print_summary(result, port: int | None) -> None:
 
     url = describe_url(result.database_url)
     console.print("Look further with the demo database:", highlight=False)
-    console.print(f"  export DATABASE_URL='{escape(url)}'", highlight=False, soft_wrap=True)
-    console.print("  serialmon status | serialmon db-report | serialmon alerts history | serialmon dashboard")
+    console.print(f"  export MODEL_DATA_DB_URL='{escape(url)}'", highlight=False, soft_wrap=True)
+    for command in ("serialmon status", "serialmon db-report", "serialmon alerts history", "serialmon dashboard"):
+        console.print(f"  {command}", highlight=False)
     if port is not None:
         console.print(f"Dashboard: http://127.0.0.1:{port} (Ctrl+C to stop)")

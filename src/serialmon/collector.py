@@ -51,6 +51,9 @@ BATCH_ID_MAX = 64
 BATCH_NAME_MAX = 255
 INT_MAX = 2_147_483_647  # the columns are PostgreSQL `integer`
 ERROR_MESSAGE_MAX = 4000  # longer messages are cut, with "..." at the end
+# 31 days: no model takes longer, and a bound keeps sums and means of the column finite in SQL.
+PROCESSING_TIME_MAX_SEC = 31 * 24 * 3600
+OCCURRED_AT_MAX_AHEAD_SEC = 24 * 3600
 
 _HOST = socket.gethostname()
 
@@ -106,23 +109,41 @@ def _choice(field: str, value: Any, choices: tuple[str, ...], aliases: dict[str,
     raise ValueError(message)
 
 
+def _storable(text: str) -> bool:
+    """Return whether PostgreSQL can store `text`: no NUL and valid UTF-8 (no lone surrogates)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _text(field: str, value: Any, max_length: int, *, optional: bool) -> str | None:
     if value is None and optional:
         return None
-    if type(value) is str and 0 < len(value) <= max_length and not value.isspace() and "\x00" not in value:
+    if type(value) is str and 0 < len(value) <= max_length and not value.isspace() and _storable(value):
         return value
-    expected = f"{'None or ' if optional else ''}a non-blank string of at most {max_length} characters without NUL"
+    expected = (
+        f"{'None or ' if optional else ''}a non-blank string of at most {max_length} characters "
+        "without NUL or unpaired surrogates"
+    )
     raise ValueError(f"Invalid {field}={_show(value)}: expected {expected}.")
 
 
 def _seconds(value: Any) -> float:
     kind = type(value)
-    if (kind is float or kind is int) and 0 <= value < math.inf:
+    if (kind is float or kind is int) and 0 <= value <= PROCESSING_TIME_MAX_SEC:
         return float(value)
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value >= 0:
+    if (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            and 0 <= value <= PROCESSING_TIME_MAX_SEC):
         return float(value)
     hint = " Pass seconds as a number, for example 42.5." if isinstance(value, str) else ""
-    raise ValueError(f"Invalid processing_time_sec={_show(value)}: expected a finite number of seconds >= 0.{hint}")
+    raise ValueError(
+        f"Invalid processing_time_sec={_show(value)}: expected a finite number of seconds "
+        f"from 0 to {PROCESSING_TIME_MAX_SEC:,}.{hint}"
+    )
 
 
 def _coverage(value: Any) -> float | None:
@@ -151,7 +172,7 @@ def _tags(value: Any) -> list[str] | None:
         return None
     if isinstance(value, (list, tuple)):
         for index, tag in enumerate(value):
-            if type(tag) is not str or "\x00" in tag:
+            if type(tag) is not str or not _storable(tag):
                 raise ValueError(
                     f"Invalid tags={_show(value)}: expected None or a list of strings, "
                     f"but item {index} is {_show(tag)}."
@@ -169,9 +190,16 @@ def _occurred_at(value: Any, now: float) -> float:
         if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
             value = value.replace(tzinfo=timezone.utc)
         try:
-            return value.timestamp()
+            timestamp = value.timestamp()
         except (OverflowError, ValueError, OSError) as error:
             raise ValueError(f"Invalid occurred_at={_show(value)}: {error}.") from None
+        if timestamp > now + OCCURRED_AT_MAX_AHEAD_SEC:
+            # An event far in the future would sit in every "last N minutes" window until then.
+            raise ValueError(
+                f"Invalid occurred_at={_show(value)}: expected a time no later than "
+                f"{OCCURRED_AT_MAX_AHEAD_SEC // 3600} hours from now (clock skew between hosts allowed)."
+            )
+        return timestamp
     raise ValueError(
         f"Invalid occurred_at={_show(value)}: expected None or a datetime (a naive datetime is taken as UTC)."
     )
@@ -188,7 +216,8 @@ def _error(value: Any) -> tuple[str | None, str | None]:
         error_type, message = None, value
     else:
         raise ValueError(f"Invalid error={_show(value)}: expected None, a string or an exception.")
-    message = message.replace("\x00", "\ufffd")
+    # Exception texts come from anywhere: replace what PostgreSQL cannot store rather than reject the outcome.
+    message = message.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
     if len(message) > ERROR_MESSAGE_MAX:
         message = message[: ERROR_MESSAGE_MAX - 3] + "..."
     return error_type, message or None

@@ -91,6 +91,15 @@ def _database_checks(conn: Connection, settings: Settings) -> list[Check]:
         ))
         return checks
 
+    missing = _missing_columns(conn, settings)
+    if missing:
+        checks.append(Check(
+            "monitored table", "fail",
+            f"{table} lacks the column(s) {', '.join(missing)} that serialmon reads",
+            "Point SERIALMON_MODELS_SCHEMA / SERIALMON_MODELS_TABLE at the pipeline's serialized_models table.",
+        ))
+        return checks
+
     quoted = names(settings).models
     can_select = conn.execute(
         text("SELECT has_table_privilege(current_user, CAST(:table AS regclass), 'SELECT')"), {"table": quoted}
@@ -118,6 +127,24 @@ def _database_checks(conn: Connection, settings: Settings) -> list[Check]:
         ))
     checks.extend(_extension_checks(conn))
     return checks
+
+
+# The columns of the pipeline's table that the ledger and the simulator read.
+REQUIRED_COLUMNS = (
+    "id", "model_name", "model_type", "category", "feature_count", "serialized_content", "created_at", "updated_at",
+)
+
+
+def _missing_columns(conn: Connection, settings: Settings) -> list[str]:
+    present = set(conn.execute(
+        text(
+            "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = :schema AND c.relname = :table AND a.attnum > 0 AND NOT a.attisdropped"
+        ),
+        {"schema": settings.models_schema, "table": settings.models_table},
+    ).scalars())
+    return [column for column in REQUIRED_COLUMNS if column not in present]
 
 
 def _extension_checks(conn: Connection) -> list[Check]:
@@ -167,7 +194,8 @@ def check_database(settings: Settings) -> list[Check]:
     try:
         return run_sync(None, lambda conn: _database_checks(conn, settings), settings)
     except SerialmonError as error:
-        return [Check("database", "fail", str(error).split(" Check ")[0], error.fix or "")]
+        fix = (error.fix or "").replace(" (`serialmon doctor`)", "")  # the user is already running it
+        return [Check("database", "fail", str(error).split(" Check ")[0], fix)]
     except Exception as error:  # noqa: BLE001 - a doctor reports, it does not crash
         orig = getattr(error, "orig", None) or error
         first = str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__

@@ -321,7 +321,7 @@ class AlertManager:
         """Silence `rule` ("*" for every rule) in `scope` (None: every scope) until `until` or for `duration`.
 
         `duration` is a timedelta or seconds. Raises `ValueError` naming the
-        argument when `rule` or `reason` is empty, when neither or both of
+        argument when `rule` is not a known rule name or `reason` is empty, when neither or both of
         `until` and `duration` are given, or when the end is not in the future.
         Returns the silence as a dict (`id`, `rule`, `scope`, `reason`,
         `created_by`, `starts_at`, `ends_at`, `created_at`, `active`).
@@ -330,6 +330,10 @@ class AlertManager:
         rule = (rule or "").strip()
         if not rule or len(rule) > 100:
             raise ValueError(f"rule must be 1-100 characters, got {rule!r}")
+        known = sorted({name for group in self._rules for name in group.rules})
+        if rule != "*" and rule not in known:
+            # A misspelt rule would silence nothing, without any sign of it.
+            raise ValueError(f"unknown rule {rule!r}: expected '*' or one of {', '.join(known)}")
         if not (reason or "").strip():
             raise ValueError("reason must not be empty: say why the alert is silenced")
         ends_at = _silence_end(now, until, duration)

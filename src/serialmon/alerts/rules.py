@@ -441,7 +441,12 @@ class DatabaseConditionsRule(Rule):
     """
 
     source = "database"
-    rules = ()
+
+    @property
+    def rules(self) -> tuple[str, ...]:  # type: ignore[override]
+        from serialmon.monitor.checks import CONDITION_RULES
+
+        return CONDITION_RULES
 
     def __init__(self, condition_source: ConditionSource | None = None) -> None:
         self._condition_source = condition_source or monitor_condition_source

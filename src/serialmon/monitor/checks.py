@@ -34,6 +34,19 @@ from serialmon.monitor.statements import QueryStatsUnavailable, query_stats
 logger = logging.getLogger(__name__)
 
 
+# Every rule name that check_conditions() can return; silences are checked against it.
+CONDITION_RULES: tuple[str, ...] = (
+    "db_autovacuum",
+    "db_bloat",
+    "db_cache_hit_ratio",
+    "db_dead_tuples",
+    "db_gin_index",
+    "db_long_transaction",
+    "db_query_stats_unavailable",
+    "db_table_size",
+)
+
+
 @dataclass(frozen=True)
 class DatabaseCondition:
     """One database rule that currently holds; the alert manager turns it into an alert."""
