@@ -397,7 +397,7 @@ def test_batch_start_never_blocks_when_database_down(settings, tmp_path):
         assert collector.flush(10)
         assert collector.get_stats()["writer"]["database"] == "unavailable"
         assert collector.get_stats()["running_batches"] == [batch_id]
-    lines = [json.loads(line) for path in (tmp_path / "down" / "journal").glob("*.jsonl")
+    lines = [json.loads(line) for path in (tmp_path / "down" / "journal").rglob("*.jsonl")
              for line in path.read_text().splitlines()]
     assert {(line["kind"], line.get("op")) for line in lines} == {("batch", "start"), ("event", None)}
     assert all(line["batch_id"] == batch_id for line in lines)

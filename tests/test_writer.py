@@ -17,9 +17,13 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from pydantic import SecretStr
+from sqlalchemy.engine import make_url
 
+import serialmon.writer
 from serialmon.collector import SerializeMetricsCollector
+from serialmon.config import load_settings, normalize_url
 from serialmon.db import dispose_engines, get_engine, names
 from serialmon.schema import init_db
 from serialmon.writer import (
@@ -32,6 +36,7 @@ from serialmon.writer import (
     encode,
     insert_events_copy,
     insert_events_unnest,
+    journal_folder,
 )
 
 FAST = {"writer_flush_interval_sec": 0.05, "heartbeat_interval_sec": 0.2, "writer_retry_max_sec": 0.5}
@@ -58,6 +63,32 @@ def wait_for(predicate, timeout=60.0, interval=0.1):
 
 def journal_files(folder: Path, prefix: str = "") -> list[Path]:
     return sorted(folder.glob(f"{prefix}*.jsonl")) if folder.exists() else []
+
+
+def libpq(url: str, database: str | None = None) -> str:
+    parsed = make_url(normalize_url(url))
+    if database is not None:
+        parsed = parsed.set(database=database)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def other_database_url(server_url):
+    """A second empty database on the session's server, for journals that must not cross databases."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(libpq(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_url(normalize_url(server_url)).set(database=name).render_as_string(hide_password=False)
+    dispose_engines()
+    with psycopg.connect(libpq(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def long_backoff(monkeypatch):
+    """Make the first retry after a failure wait 30-60 s, so that only flush() or close() can end the backoff."""
+    monkeypatch.setattr(serialmon.writer, "_INITIAL_BACKOFF_SEC", 60.0)
+    return {**FAST, "writer_retry_max_sec": 60.0}
 
 
 def test_server_restart_loses_no_event(initialized, libpq_url, embedded_server):
@@ -114,8 +145,9 @@ _CRASHING_CHILD = textwrap.dedent("""
     from serialmon.config import load_settings
     from serialmon.collector import SerializeMetricsCollector
 
-    settings = load_settings(database_url="postgresql://serialmon@127.0.0.1:1/nothing", data_dir=sys.argv[1],
-                             writer_flush_interval_sec=0.05)
+    # The test's database through a role that does not exist: every connection fails, and the
+    # journal folder is the database's own, because the user name is not part of its identity.
+    settings = load_settings(database_url=sys.argv[2], data_dir=sys.argv[1], writer_flush_interval_sec=0.05)
     collector = SerializeMetricsCollector(settings)
     batch_id = collector.start_batch_job(total_models=500, name="crashed", batch_id="crash-batch")
     for index in range(500):
@@ -127,15 +159,17 @@ _CRASHING_CHILD = textwrap.dedent("""
 
 def test_journal_replay_after_crash_is_idempotent(initialized, libpq_url, tmp_path):
     data_dir = tmp_path / "shared-data"
-    subprocess.run([sys.executable, "-c", _CRASHING_CHILD, str(data_dir)], check=True, timeout=120)
-    journal = data_dir / "journal"
+    no_such_role = make_url(initialized.database_url.get_secret_value()).set(username="serialmon_no_such_role")
+    child_url = no_such_role.render_as_string(hide_password=False)
+    subprocess.run([sys.executable, "-c", _CRASHING_CHILD, str(data_dir), child_url], check=True, timeout=120)
+    settings = initialized.model_copy(update={**FAST, "data_dir": data_dir})
+    journal = journal_folder(settings)
     left = journal_files(journal, "active_")
     assert len(left) == 1
     assert len(left[0].read_text().splitlines()) == 501
     saved = tmp_path / "saved.jsonl"
     shutil.copy(left[0], saved)
 
-    settings = initialized.model_copy(update={**FAST, "data_dir": data_dir})
     for attempt in range(2):
         with SerializeMetricsCollector(settings) as collector:
             collector.record_serialization_sync(f"starter{attempt}.prt", "part", "success", 1.0)  # starts the writer
@@ -192,9 +226,12 @@ def test_flush_returns_quickly_when_database_unreachable(settings, tmp_path):
         assert writer["database"] == "unavailable"
         assert writer["spilled"] == 200
         assert "127.0.0.1" in writer["last_error"]
-    lines = [line for path in journal_files(tmp_path / "d" / "journal") for line in path.read_text().splitlines()]
+    journal = journal_folder(down)
+    assert writer["journal_dir"] == str(journal)
+    assert journal.parent == tmp_path / "d" / "journal"
+    lines = [line for path in journal_files(journal) for line in path.read_text().splitlines()]
     assert len(lines) == 200
-    assert journal_files(tmp_path / "d" / "journal", "ready_")  # closed files are left for the next process
+    assert journal_files(journal, "ready_")  # closed files are left for the next process
 
 
 def test_heartbeat_rows_appear_and_stop(initialized, libpq_url):
@@ -242,7 +279,7 @@ def _event(batch_id: str | None = None, status: str = "success") -> Event:
 
 def test_damaged_journal_lines_rejected(initialized, libpq_url):
     settings = initialized.model_copy(update=FAST)
-    journal = settings.resolved_journal_dir
+    journal = journal_folder(settings)
     journal.mkdir(parents=True)
     good = _event()
     ready = journal / "ready_999999_1_abcd_000000_elsewhere.jsonl"
@@ -260,7 +297,7 @@ def test_damaged_journal_lines_rejected(initialized, libpq_url):
 
 def test_refused_rows_rejected_alone(initialized, libpq_url):
     settings = initialized.model_copy(update=FAST)
-    journal = settings.resolved_journal_dir
+    journal = journal_folder(settings)
     journal.mkdir(parents=True)
     good, bad = _event(), _event()._replace(model_name="x" * 300)  # longer than varchar(255)
     ready = journal / "ready_999999_1_abcd_000000_elsewhere.jsonl"
@@ -278,7 +315,7 @@ def test_refused_rows_rejected_alone(initialized, libpq_url):
 
 def test_live_owners_files_are_not_claimed(initialized, libpq_url):
     settings = initialized.model_copy(update=FAST)
-    journal = settings.resolved_journal_dir
+    journal = journal_folder(settings)
     journal.mkdir(parents=True)
     host = _safe_host(socket.gethostname())
     # The parent process is alive and started before now; pid 999999 does not exist.
@@ -344,3 +381,109 @@ def test_interpreter_exit_writes_queued_events(initialized, libpq_url, tmp_path)
     subprocess.run([sys.executable, "-c", _EXITING_CHILD, url, str(tmp_path / "child")], check=True, timeout=120)
     assert event_totals(libpq_url) == (300, 300)
     assert db_rows(libpq_url, "SELECT stopped_at IS NOT NULL FROM serialmon.worker_heartbeats") == [(True,)]
+
+
+def test_journal_folder_names_database_not_account(tmp_path):
+    base = load_settings(database_url="postgresql://alice:secret@db.example:5432/models", data_dir=tmp_path)
+    folder = journal_folder(base)
+
+    def folder_for(**update) -> Path:
+        return journal_folder(base.model_copy(update=update))
+
+    assert folder.parent == base.resolved_journal_dir
+    assert folder.name.startswith("models-")
+    assert "secret" not in str(folder)
+    assert "alice" not in str(folder)
+    assert folder_for(database_url=SecretStr("postgresql://bob:other@db.example/models")) == folder
+    assert folder_for(database_url=SecretStr("postgresql://alice:secret@db.example:5432/other")) != folder
+    assert folder_for(database_url=SecretStr("postgresql://alice:secret@db.example:5433/models")) != folder
+    assert folder_for(database_url=SecretStr("postgresql://alice:secret@db2.example:5432/models")) != folder
+    assert folder_for(state_schema="serialmon_staging") != folder
+
+
+def test_journal_replays_only_into_its_database(settings, other_database_url, libpq_url):
+    # Database A (the test's) has no schema yet, so its collector journals the event.
+    settings_a = settings.model_copy(update=FAST)
+    settings_b = settings_a.model_copy(update={"database_url": SecretStr(other_database_url)})
+    init_db(settings_b)
+    folder_a = journal_folder(settings_a)
+    assert folder_a != journal_folder(settings_b)
+
+    with SerializeMetricsCollector(settings_a) as collector:
+        journaled = collector.record_serialization_sync("for-a.prt", "part", "success", 1.0)
+        assert collector.flush(10)
+        assert collector.get_stats()["writer"]["database"] == "schema_missing"
+    assert len(journal_files(folder_a, "ready_")) == 1
+
+    # A collector of database B scans its own folder after its first write, before flush() returns.
+    with SerializeMetricsCollector(settings_b) as collector:
+        collector.record_serialization_sync("for-b.prt", "part", "success", 1.0)
+        assert collector.flush(10)
+        assert collector.get_stats()["writer"]["replayed"] == 0
+    assert db_rows(libpq(other_database_url), "SELECT model_name FROM serialmon.serialization_events") == [
+        ("for-b.prt",)
+    ]
+    assert len(journal_files(folder_a, "ready_")) == 1
+
+    init_db(settings_a)
+    with SerializeMetricsCollector(settings_a) as collector:
+        starter = collector.record_serialization_sync("starter.prt", "part", "success", 1.0)
+        assert collector.flush(10)
+        assert collector.get_stats()["writer"]["replayed"] == 1
+    stored = db_rows(libpq_url, "SELECT event_id FROM serialmon.serialization_events")
+    assert sorted(stored) == sorted([(journaled,), (starter,)])
+    assert journal_files(folder_a) == []
+
+
+def _record_during_outage(collector, embedded_server) -> uuid.UUID:
+    """Stop the server, record one event until it is journaled, and start the server again."""
+    collector.record_serialization_sync("before.prt", "part", "success", 1.0)
+    assert collector.flush(10)
+    embedded_server.stop()
+    try:
+        event_id = collector.record_serialization_sync("during.prt", "part", "success", 1.0)
+        assert wait_for(lambda: collector.get_stats()["writer"]["spilled"] == 1, timeout=30)
+    finally:
+        embedded_server.start()
+    return event_id
+
+
+def test_close_after_outage_writes_stopped_at(initialized, libpq_url, embedded_server, long_backoff, caplog):
+    if embedded_server is None:
+        pytest.skip("needs the embedded server, which the test can stop and start")
+    settings = initialized.model_copy(update=long_backoff)
+    caplog.set_level(logging.INFO, logger="serialmon.writer")
+    collector = SerializeMetricsCollector(settings)
+    event_id = _record_during_outage(collector, embedded_server)
+    assert collector.get_stats()["writer"]["database"] == "unavailable"  # still waiting out the backoff
+
+    assert collector.close(30)
+    dispose_engines()
+
+    assert db_rows(libpq_url, "SELECT stopped_at IS NOT NULL FROM serialmon.worker_heartbeats") == [(True,)]
+    assert db_rows(libpq_url, "SELECT count(*) FROM serialmon.serialization_events WHERE event_id = %s",
+                   (event_id,)) == [(1,)]
+    assert event_totals(libpq_url) == (2, 2)
+    assert journal_files(journal_folder(settings)) == []
+    stop_lines = [record.getMessage() for record in caplog.records if "stopped" in record.getMessage()]
+    assert len(stop_lines) == 1
+    assert "spilled 1, replayed 1" in stop_lines[0]
+    assert "0 items of this writer left in the journal" in stop_lines[0]
+
+
+def test_flush_after_outage_replays_journal(initialized, libpq_url, embedded_server, long_backoff):
+    if embedded_server is None:
+        pytest.skip("needs the embedded server, which the test can stop and start")
+    settings = initialized.model_copy(update=long_backoff)
+    with SerializeMetricsCollector(settings) as collector:
+        event_id = _record_during_outage(collector, embedded_server)
+        assert collector.get_stats()["writer"]["database"] == "unavailable"
+
+        assert collector.flush(10)
+
+        assert collector.get_stats()["writer"]["database"] == "ok"
+        assert collector.get_stats()["writer"]["replayed"] == 1
+        assert db_rows(libpq_url, "SELECT count(*) FROM serialmon.serialization_events WHERE event_id = %s",
+                       (event_id,)) == [(1,)]
+        assert journal_files(journal_folder(settings)) == []
+    assert event_totals(libpq_url) == (2, 2)

@@ -15,12 +15,15 @@ in batches (`writer_batch_size` items, or whatever arrived within
 
 When the queue is full or the database cannot be written (down, timed out, or
 serialmon's schema missing), items go to an append-only journal of JSON lines
-in `resolved_journal_dir` instead. Once the database accepts writes again the
-writer replays every journal file it can claim, including files left by dead
-processes of earlier runs on this host, and deletes a file only after its
-events are committed. Every `heartbeat_interval_sec` the writer upserts this
-process's row in `worker_heartbeats` and refreshes `heartbeat_at` of the
-batches this process started and has not finished.
+instead. The journal lines do not name their database, so each destination
+(database and state schema) has its own subfolder of `resolved_journal_dir`,
+see `journal_folder()`. Once the database accepts writes again the writer
+replays every file it can claim in its destination's folder, including files
+left by dead processes of earlier runs on this host, and deletes a file only
+after its events are committed. `flush()` and `close()` skip the retry backoff
+and make one attempt at once. Every `heartbeat_interval_sec` the writer
+upserts this process's row in `worker_heartbeats` and refreshes `heartbeat_at`
+of the batches this process started and has not finished.
 
 No writer error reaches the pipeline. `submit()` counts and logs a failed
 journal write instead of raising, and the thread logs every error it catches
@@ -30,6 +33,7 @@ journal write instead of raising, and the thread logs every error it catches
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import logging
@@ -49,10 +53,11 @@ from typing import Any, NamedTuple
 import psycopg
 import psycopg.errors
 import psycopg.types.json
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from serialmon.config import Settings
-from serialmon.db import Names, get_engine, names
+from serialmon.config import Settings, mask_url
+from serialmon.db import Names, database_url, get_engine, names
 from serialmon.errors import SerialmonError
 
 logger = logging.getLogger(__name__)
@@ -376,8 +381,48 @@ def _safe_host(host: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "-", host)[:100] or "host"
 
 
+def _destination(settings: Settings) -> tuple[str, str]:
+    """Return (database name, identity text) of where these settings write events; the text holds no secret.
+
+    The identity is host, port, database name and state schema of the engine
+    URL. User name and password are left out, so collectors that reach the
+    same database with other accounts share one journal folder.
+    """
+    try:
+        url = make_url(database_url(settings, start_embedded=False))
+    except Exception as error:  # e.g. the embedded server's port file cannot be written yet (Windows)
+        # Broad, because this runs on the recording thread, which no writer error may reach.
+        # NOTE: a URL that cannot be resolved gets a folder of its own, which a
+        # collector replays only while the URL still cannot be resolved.
+        logger.warning("cannot resolve the database URL for the journal folder: %s", _first_line(error))
+        raw = None if settings.database_url is None else settings.database_url.get_secret_value()
+        return "unresolved", f"unresolved\n{mask_url(raw) or settings.data_dir}\n{settings.state_schema}"
+    # A Unix-socket directory or a host list may come in the query instead of the URL's host.
+    host = url.query.get("host") or url.host or ""
+    port = url.query.get("port") or url.port or 5432
+    database = url.database or ""
+    return database, "\n".join(str(part) for part in (host, port, database, settings.state_schema))
+
+
+def journal_folder(settings: Settings) -> Path:
+    """Return the journal folder of the database and schema these settings write to.
+
+    It is a subfolder of `resolved_journal_dir` named by the database name and
+    the first 16 hex digits of a SHA-256 over host, port, database name and
+    `state_schema`, for example `journal/serialmon-3f0c9a1e5d2b7c48`. Does not
+    start the embedded server and does not create the folder.
+
+    NOTE: the identity is the URL's text, so two spellings of one server
+    (`localhost` and `127.0.0.1`) get two folders, and neither replays the other's files.
+    """
+    database, identity = _destination(settings)
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9.-]", "-", database)[:40] or "database"
+    return settings.resolved_journal_dir / f"{label}-{digest}"
+
+
 class Journal:
-    """Append-only JSON-lines files of one writer in a folder shared by every process of the host.
+    """Append-only JSON-lines files of one writer, in its database's folder shared by every process of the host.
 
     File names carry their state and owner, `<state>_<pid>_<start ms>_<token>_<seq>_<host>.jsonl`:
     `active` is being appended by its owner, `ready` is complete (closed and
@@ -629,7 +674,7 @@ class EventWriter:
         self._started_at = started_at
         self.queue: queue.Queue = queue.Queue(maxsize=settings.queue_size)
         self.journal = Journal(
-            settings.resolved_journal_dir, origin, token, int(started_at * 1000), settings.journal_rotate_bytes
+            journal_folder(settings), origin, token, int(started_at * 1000), settings.journal_rotate_bytes
         )
         self._statements = Statements(names(settings))
         self._conn: psycopg.Connection | None = None
@@ -643,6 +688,9 @@ class EventWriter:
         self._next_scan = 0.0
         self._claimed: list[Path] = []
         self._inflight: list = []
+        # counts["spilled"] when the last replay of this writer's whole journal began;
+        # a higher count means some of this writer's items are only in the journal.
+        self._spilled_at_replay = 0
 
         self._counts_lock = threading.Lock()
         self.counts = dict.fromkeys(("persisted", "duplicates", "spilled", "replayed", "rejected", "dropped"), 0)
@@ -676,7 +724,15 @@ class EventWriter:
             self._spill([item], "the writer queue is full")
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until everything submitted so far is committed or journaled (and fsynced).
+        """Wait until everything submitted so far is committed, or journaled and fsynced after one failed attempt.
+
+        The writer thread skips its retry backoff for a flush: it writes what
+        is queued, and when items of this writer are in the journal it
+        replays this writer's journal files at once. True therefore means
+        that every item submitted before the call is committed, or is in the
+        fsynced journal because the database failed during this flush (or
+        earlier, for items the flush found journaled). Each flush during an
+        outage makes at most one connection attempt, which `connect_timeout_sec` bounds.
 
         Returns False when `timeout` seconds pass first, or when the writer
         thread is not running and items are still queued.
@@ -694,12 +750,15 @@ class EventWriter:
         return request.done.wait(remaining)
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Stop the thread after it has written (or journaled) what is queued; returns False on timeout.
+        """Stop the thread after a final attempt at the database; returns False on timeout.
 
-        Whatever is still queued when the timeout passes is journaled by the
-        calling thread, so nothing submitted before `close()` is lost. If the
-        stuck thread commits one of those items later, its replay is a
-        duplicate that the event id makes harmless.
+        The thread skips its retry backoff and tries once: it writes what is
+        queued, then the last heartbeat (with `stopped_at`), then replays this
+        writer's journal files. If that attempt fails, the thread journals the
+        rest and logs one warning. Whatever is still queued when the timeout
+        passes is journaled by the calling thread, so nothing submitted before
+        `close()` is lost. If the stuck thread commits one of those items
+        later, its replay is a duplicate that the event id makes harmless.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._thread.is_alive():
@@ -768,18 +827,24 @@ class EventWriter:
     # The thread
 
     def _run(self) -> None:
-        logger.info("event writer %s started", self._origin.worker_id)
+        logger.info("event writer %s started; journal folder %s", self._origin.worker_id, self.journal.folder)
+        self._warn_unscoped_files()
         stop = False
         while not stop:
             requests: list[_FlushRequest] = []
             try:
                 items, requests, stop = self._collect()
+                if stop or requests:
+                    # flush() and close() wait for an attempt now, not for the end of the backoff.
+                    self._next_attempt = 0.0
                 self._inflight = items
                 self._write_or_spill(items)
                 self._inflight = []
                 if requests:
                     self.journal.sync()
-                self._maintain()
+                    self._replay_own_journal()
+                if not stop:
+                    self._maintain()
             except Exception as error:  # a bug must not stop the writer: log it, journal the items
                 self._error_log.add(1, f"{type(error).__name__}: {_first_line(error)}")
                 logger.debug("event writer error", exc_info=True)
@@ -887,13 +952,37 @@ class EventWriter:
         if self.journal.has_data or self._claimed or now >= self._next_scan:
             self._replay_journal(own_only=False)
 
+    def _replay_own_journal(self) -> None:
+        """Replay this writer's journal for `flush()`, probing with a heartbeat first while the database was down.
+
+        The probe keeps a flush during an outage from rotating the active
+        file, so that repeated flushes do not leave one small file each.
+        """
+        if not self._own_items_journaled() or self._blocked(time.monotonic()):
+            return
+        if self.state != "ok":
+            try:
+                self._write_heartbeat(stopped=False)
+            except Exception as error:
+                self._on_failure(error, _classify(error))
+                return
+            self._next_heartbeat = time.monotonic() + self._settings.heartbeat_interval_sec
+        self._replay_journal(own_only=True)
+
     def _shutdown(self) -> None:
-        """Write the last heartbeat (with `stopped_at`) and this writer's journal, if the database allows."""
+        """Write the last heartbeat (with `stopped_at`) and replay this writer's journal, then log the totals.
+
+        `_run` cleared the backoff on the stop item, so this is one attempt
+        unless the final write of queued items has just failed.
+        """
+        stopped_written = False
+        replayed = not self._own_items_journaled()
         try:
             if not self._blocked(time.monotonic()):
                 self._write_heartbeat(stopped=True)
-                if self.journal.has_data or self._claimed:
-                    self._replay_journal(own_only=True)
+                stopped_written = True
+                if not replayed:
+                    replayed = self._replay_journal(own_only=True)
         except Exception as error:
             self._on_failure(error, _classify(error))
         finally:
@@ -902,11 +991,47 @@ class EventWriter:
             self.journal.release(self._claimed)
             self._claimed = []
             self._close_connection()
-            for log in (self._spill_log, self._replay_log, self._reject_log, self._drop_log, self._error_log):
-                log.flush()
-            logger.info(
-                "event writer %s stopped: %s", self._origin.worker_id,
-                ", ".join(f"{name} {value}" for name, value in self.counts.items()),
+            self._log_stop(stopped_written=stopped_written, replayed=replayed)
+
+    def _log_stop(self, *, stopped_written: bool, replayed: bool) -> None:
+        # Pending spill and replay messages are not flushed: by now the spilled
+        # items may be replayed, and the totals below give both counts.
+        for log in (self._reject_log, self._drop_log, self._error_log):
+            log.flush()
+        with self._counts_lock:
+            counts = dict(self.counts)
+        left = 0 if replayed else counts["spilled"] - self._spilled_at_replay
+        if not (stopped_written and replayed):
+            logger.warning(
+                "event writer %s gave up on the database at stop (%s: %s), and %s. %d items of this writer "
+                "stay in the journal in %s for the next collector of this database.",
+                self._origin.worker_id, self.state, self.last_error,
+                "stopped_at was written" if stopped_written else "stopped_at is not set",
+                left, self.journal.folder,
+            )
+        logger.info(
+            "event writer %s stopped: %s; %d items of this writer left in the journal", self._origin.worker_id,
+            ", ".join(f"{name} {value}" for name, value in counts.items()), left,
+        )
+
+    def _own_items_journaled(self) -> bool:
+        """Return whether items of this writer may be in the journal and not yet replayed."""
+        with self._counts_lock:
+            spilled = self.counts["spilled"]
+        return self.journal.has_data or bool(self._claimed) or spilled > self._spilled_at_replay
+
+    def _warn_unscoped_files(self) -> None:
+        """Log once when journal files lie directly in `resolved_journal_dir`, where no collector replays them."""
+        parent = self.journal.folder.parent
+        try:
+            count = sum(1 for path in parent.glob("*.jsonl") if _FILE_NAME.match(path.name))
+        except OSError:
+            return
+        if count:
+            logger.warning(
+                "%d journal files in %s name no database, so no collector replays them. Move each into the "
+                "subfolder of the database it was written for (this collector's is %s).",
+                count, parent, self.journal.folder.name,
             )
 
     # Database
@@ -1064,20 +1189,27 @@ class EventWriter:
                 type(error).__name__, message, self.journal.folder,
             )
 
-    def _replay_journal(self, *, own_only: bool) -> None:
-        """Replay claimable journal files; a database failure leaves the rest claimed for the next attempt."""
+    def _replay_journal(self, *, own_only: bool) -> bool:
+        """Replay claimable journal files; returns False when a failure left any of them unreplayed.
+
+        A database failure leaves the rest claimed by this writer for the next attempt.
+        """
+        with self._counts_lock:
+            spilled = self.counts["spilled"]  # read before the rotation, so every item counted here is in a file
+        whole = own_only or time.monotonic() >= self._next_scan  # every file of this writer gets claimed
         try:
             ready = self.journal.rotate()
             if own_only:
                 self._claimed.extend(self.journal.claim(own_only=True))
-            elif time.monotonic() >= self._next_scan:
+            elif whole:
                 self._claimed.extend(self.journal.claim())
                 self._next_scan = time.monotonic() + _SCAN_INTERVAL_SEC
             elif ready is not None:
                 self._claimed.extend(self.journal.claim_paths([ready]))
         except OSError as error:
             self._error_log.add(1, f"cannot read the journal folder {self.journal.folder}: {_first_line(error)}")
-            return
+            return False
+        complete = True
         while self._claimed:
             path = self._claimed[0]
             try:
@@ -1087,10 +1219,14 @@ class EventWriter:
                 if isinstance(error, OSError) and kind == "unavailable":
                     self._error_log.add(1, f"cannot replay {path}: {_first_line(error)}")
                     self._claimed.pop(0)
+                    complete = False
                     continue
                 self._on_failure(error, kind)
-                return
+                return False
             self._claimed.pop(0)
+        if whole and complete:
+            self._spilled_at_replay = max(self._spilled_at_replay, spilled)
+        return complete
 
     def _replay_file(self, path: Path) -> None:
         """Write every line of one claimed file in batches, then delete the file."""
