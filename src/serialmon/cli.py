@@ -74,6 +74,18 @@ def debug_enabled() -> bool:
     return _state["debug"]
 
 
+def is_loopback(host: str) -> bool:
+    """Return whether `host` is this machine only (localhost or a loopback address)."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 @app.command("config")
 def config_command(
     reference: bool = typer.Option(False, "--reference", help="Print every setting with its default as Markdown."),
@@ -224,4 +236,4 @@ if __name__ == "__main__":  # pragma: no cover
     main()
 
 
-__all__ = ["app", "console", "err_console", "fail", "debug_enabled", "main", "Path"]
+__all__ = ["app", "console", "err_console", "fail", "debug_enabled", "is_loopback", "main", "Path"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import signal
 import socket
@@ -48,7 +47,7 @@ def dashboard_command(
     no_browser: bool = typer.Option(False, "--no-browser", help="Do not open a browser (run headless)."),
 ) -> None:
     """Serve the dashboard until Ctrl-C; it reads the same settings (environment, .env) as this command."""
-    from serialmon.cli import console, err_console
+    from serialmon.cli import console, err_console, is_loopback
     from serialmon.config import get_settings
     from serialmon.errors import SerialmonError
 
@@ -63,7 +62,7 @@ def dashboard_command(
         ) from None
 
     _check_port_free(host, port)
-    if not _is_loopback(host):
+    if not is_loopback(host):
         err_console.print(
             f"[yellow]Note:[/] listening on {host} lets other machines open the dashboard, which has no login "
             "and shows model names and the database's address (never its password)."
@@ -114,11 +113,3 @@ def _forward_termination(process: subprocess.Popen) -> None:
 
     signal.signal(signal.SIGTERM, stop_child)
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

@@ -6,7 +6,6 @@ dashboard's and the exporter's figures.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -101,12 +100,12 @@ def exporter_command(
     no_refresh: bool = typer.Option(False, "--no-refresh", help="Do not refresh the ledger on each scrape."),
 ) -> None:
     """Serve the fleet-wide figures at /metrics in the Prometheus text format until interrupted."""
-    from serialmon.cli import console, err_console
+    from serialmon.cli import console, err_console, is_loopback
     from serialmon.config import get_settings
     from serialmon.errors import SerialmonError
     from serialmon.exporter import start_exporter
 
-    if not _is_loopback(host):
+    if not is_loopback(host):
         err_console.print(
             f"[yellow]Note:[/] listening on {host} lets other machines read the metrics, which include model names."
         )
@@ -129,14 +128,6 @@ def exporter_command(
         server.shutdown()
     console.print("Exporter stopped.")
 
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @contextmanager
