@@ -561,7 +561,9 @@ class SerializeMetricsCollector:
         """Wait until every event recorded so far is in the database or in the fsynced journal.
 
         Blocks the calling thread up to `timeout` seconds (None: no limit);
-        returns False on timeout. Journaled events reach the database later,
+        returns False on timeout. When this process has journaled events and
+        the database answers again, the flush replays them first. Events that
+        stay journaled because the database is still down reach it later,
         when the writer replays the journal.
         """
         writer = self._writer
