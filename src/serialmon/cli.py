@@ -1,7 +1,7 @@
 """The `serialmon` command line.
 
 User mistakes (a bad option, an unreachable database, a missing table) end with
-one line that says what to do and exit code 2; `--debug` shows the traceback.
+one line that tells what to do, and exit code 2. `--debug` shows the traceback.
 Each concern registers its commands from its own `cli_*` module.
 """
 
@@ -54,7 +54,11 @@ def _main_options(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logging."),
 ) -> None:
     _state["debug"] = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    level = logging.WARNING
+    if verbose:
+        level = logging.INFO
+    if debug:
+        level = logging.DEBUG
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not debug:
         logging.getLogger("alembic").setLevel(logging.WARNING)

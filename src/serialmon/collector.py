@@ -562,7 +562,7 @@ class SerializeMetricsCollector:
 
         Blocks the calling thread up to `timeout` seconds (None: no limit);
         returns False on timeout. When this process has journaled events and
-        the database answers again, the flush replays them first. Events that
+        the database is reachable again, the flush replays them first. Events that
         stay journaled because the database is still down reach it later,
         when the writer replays the journal.
         """

@@ -33,7 +33,7 @@ ALERT_STEP = timedelta(minutes=10)
 
 @dataclass
 class DemoResult:
-    """What the demo did, for the summary and the tests."""
+    """Figures of one demo run, for the summary and the tests."""
 
     database_url: str
     models_simulated: int
