@@ -68,6 +68,18 @@ def _column_widths(conn: Connection, relation: RelationInfo) -> list[dict[str, A
     return [dict(row) for row in rows]
 
 
+
+def _waste(actual_bytes: int, expected_pages: int, block_size: int) -> dict[str, Any]:
+    """Return size, expected size, wasted bytes (whole pages beyond the expected ones) and bloat percent."""
+    actual_pages = actual_bytes // block_size
+    wasted = max(actual_pages - expected_pages, 0) * block_size
+    return {
+        "size_bytes": actual_bytes,
+        "expected_bytes": expected_pages * block_size,
+        "wasted_bytes": wasted,
+        "bloat_percent": _percent(wasted, actual_bytes) or 0.0,
+    }
+
 def _percent(wasted: float, size: float) -> float | None:
     return round(100.0 * wasted / size, 2) if size > 0 else None
 
@@ -87,13 +99,8 @@ def _heap_estimate(relation: RelationInfo, widths: list[dict[str, Any]], live: f
     # Tuples do not split across pages: on average half a tuple's room stays empty per page.
     per_page = max((usable - tuple_bytes / 2.0) / tuple_bytes, 1.0)
     expected_pages = math.ceil(live / per_page) if live > 0 else 0
-    actual_pages = actual_bytes // relation.block_size
-    wasted = max(actual_pages - expected_pages, 0) * relation.block_size
     return {
-        "size_bytes": actual_bytes,
-        "expected_bytes": expected_pages * relation.block_size,
-        "wasted_bytes": wasted,
-        "bloat_percent": _percent(wasted, actual_bytes) or 0.0,
+        **_waste(actual_bytes, expected_pages, relation.block_size),
         "live_tuples": live,
         "tuple_bytes": tuple_bytes,
     }
@@ -132,13 +139,8 @@ def _toast_estimate(
         footprint_source = "full chunks (no TOASTed value in the sample)"
 
     expected_pages = math.ceil(live_chunks * footprint / (relation.block_size - PAGE_HEADER))
-    actual_pages = actual_bytes // relation.block_size
-    wasted = max(actual_pages - expected_pages, 0) * relation.block_size
     return {
-        "size_bytes": actual_bytes,
-        "expected_bytes": expected_pages * relation.block_size,
-        "wasted_bytes": wasted,
-        "bloat_percent": _percent(wasted, actual_bytes) or 0.0,
+        **_waste(actual_bytes, expected_pages, relation.block_size),
         "live_chunks": live_chunks,
         "live_chunks_source": chunk_source,
         "chunk_footprint_bytes": round(footprint, 1),
