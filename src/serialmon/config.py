@@ -320,9 +320,13 @@ def _describe_error(error: ValidationError) -> str:
     variable = next((name for name in names if name in os.environ), names[0])
     value = first.get("input")
     secret = "password" in field or field.endswith("_url")
-    shown = (mask_url(value) if field == "database_url" and isinstance(value, str) else "<hidden>") if secret else repr(value)
+    displayed = repr(value)
+    if secret:
+        displayed = "<hidden>"
+    if secret and field == "database_url" and isinstance(value, str):
+        displayed = mask_url(value)
     message = first["msg"].removeprefix("Value error, ")
-    return f"Invalid setting {variable}={shown}: {message}"
+    return f"Invalid setting {variable}={displayed}: {message}"
 
 
 _FIELD_BY_ALIAS = {name.upper(): field for field in Settings.model_fields for name in env_names(field)}

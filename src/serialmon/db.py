@@ -1,10 +1,10 @@
 """Database access: engines, quoted names, and one adapter for every kind of session.
 
 Every query in serialmon is written once against a synchronous SQLAlchemy
-`Connection`. `run_sync()` runs it on whatever the caller holds (an
-`AsyncSession`, `AsyncConnection`, `Session`, `Connection`, or nothing, in which
-case serialmon's own engine is used); `arun()` is the async twin that never
-blocks the event loop.
+`Connection`. `run_sync()` runs it on the session the caller passes (an
+`AsyncSession`, `AsyncConnection`, `Session` or `Connection`), or on serialmon's
+own engine when there is none. `arun()` is the async twin, which never blocks
+the event loop.
 
 Every connection that serialmon opens sets `application_name`,
 `statement_timeout` and `lock_timeout`, so a monitor query can never stall the

@@ -38,7 +38,10 @@ def check_python() -> Check:
 
 def check_dependencies() -> Check:
     """Compare every declared dependency of serialmon with what is installed."""
-    from packaging.requirements import Requirement
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        return Check("dependencies", "fail", "packaging is missing", "Run `pip install -e .` (or `pip install serialmon`).")
 
     try:
         declared = importlib.metadata.requires("serialmon") or []

@@ -5,9 +5,9 @@ wheel cannot run, PostgreSQL binaries found on the PATH are used instead. The
 server outlives the command that started it, so several serialmon processes
 (workers, dashboard, alert loop) share one server; `serialmon db stop` stops it.
 
-On POSIX the server listens only on a Unix socket inside its data directory; on
-Windows, where PostgreSQL has no Unix sockets, it listens on 127.0.0.1 on a free
-port that is kept in the configuration file it writes.
+On POSIX the server listens only on a Unix socket inside its data directory.
+PostgreSQL has no Unix sockets on Windows, so there it listens on 127.0.0.1 on a
+free port, which is kept in a file beside the cluster.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _FIX = (
 
 @dataclass(frozen=True)
 class ServerStatus:
-    """What `serialmon db status` shows."""
+    """State of the embedded server, as `serialmon db status` prints it."""
 
     running: bool
     data_dir: Path
@@ -166,7 +166,7 @@ class EmbeddedServer:
         )
 
     def url(self, database: str = DATABASE_NAME) -> str:
-        """Return the SQLAlchemy URL (psycopg 3) of the server; it holds no password."""
+        """Return the SQLAlchemy URL (psycopg 3) of the server; it contains no password."""
         if _IS_WINDOWS:
             return f"postgresql+psycopg://{SUPERUSER}@127.0.0.1:{self._port()}/{database}"
         return f"postgresql+psycopg://{SUPERUSER}@/{database}?host={self._socket_dir().as_posix()}&port={self._port()}"
@@ -176,7 +176,7 @@ class EmbeddedServer:
     def _initdb(self) -> None:
         if self.pgdata.exists() and any(self.pgdata.iterdir()):
             raise EmbeddedServerError(
-                f"{self.pgdata} is not empty but holds no PostgreSQL cluster.",
+                f"{self.pgdata} is not empty but contains no PostgreSQL cluster.",
                 "Move it away or set SERIALMON_DATA_DIR to another folder.",
             )
         self.pgdata.mkdir(parents=True, exist_ok=True)

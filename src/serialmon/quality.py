@@ -4,7 +4,7 @@ Rows come in three layouts: the current one with a `serialization_quality`
 object, an older one with `element_coverage` at the top level, and rows with
 neither, whose coverage is derived from `features`. Any value that cannot be
 read (NULL, not an object, a string where a number belongs, NaN, a negative
-count, a coverage outside 0-100) gives "quality unknown" with a short reason;
+count, a coverage outside 0-100) gives "quality unknown" with a short reason.
 `parse_quality()` never raises.
 """
 

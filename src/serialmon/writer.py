@@ -382,7 +382,7 @@ def _safe_host(host: str) -> str:
 
 
 def _destination(settings: Settings) -> tuple[str, str]:
-    """Return (database name, identity text) of where these settings write events; the text holds no secret.
+    """Return (database name, identity text) of where these settings write events; the text contains no secret.
 
     The identity is host, port, database name and state schema of the engine
     URL. User name and password are left out, so collectors that reach the
