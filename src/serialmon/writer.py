@@ -978,13 +978,24 @@ class EventWriter:
         stopped_written = False
         replayed = not self._own_items_journaled()
         try:
-            if not self._blocked(time.monotonic()):
-                self._write_heartbeat(stopped=True)
-                stopped_written = True
-                if not replayed:
-                    replayed = self._replay_journal(own_only=True)
-        except Exception as error:
-            self._on_failure(error, _classify(error))
+            for attempt in range(2):
+                if attempt == 0 and self._blocked(time.monotonic()):
+                    break
+                try:
+                    if not stopped_written:
+                        self._write_heartbeat(stopped=True)
+                        stopped_written = True
+                    if not replayed:
+                        replayed = self._replay_journal(own_only=True)
+                    break
+                except Exception as error:
+                    kind = _classify(error)
+                    self._on_failure(error, kind)
+                    if kind != "unavailable":
+                        break
+                    # The server may have closed this one connection (a restart, an idle timeout):
+                    # one fresh connection is worth a try before the heartbeat is given up.
+                    self._close_connection()
         finally:
             with contextlib.suppress(OSError):
                 self.journal.close()
