@@ -120,10 +120,13 @@ def _wait_until_idle(page) -> None:
     page.wait_for_function(
         "() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=VIEW_TIMEOUT_MS
     )
-    charts = page.locator(".js-plotly-plot")
-    for index in range(charts.count()):
-        if charts.nth(index).is_visible():
-            charts.nth(index).locator(".main-svg").first.wait_for(timeout=VIEW_TIMEOUT_MS)
+    # Checked against the live DOM at each poll: a rerun may replace the charts while the test waits.
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.js-plotly-plot')]"
+        ".filter(chart => chart.offsetParent !== null)"
+        ".every(chart => chart.querySelector('.main-svg'))",
+        timeout=VIEW_TIMEOUT_MS,
+    )
     page.wait_for_timeout(800)  # Plotly animates its first layout
 
 
