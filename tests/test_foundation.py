@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+
 import pytest
 from sqlalchemy import text
 
@@ -86,6 +88,40 @@ async def test_arun_accepts_every_session_kind(settings):
             assert await arun(asession, one) == 1
     finally:
         await async_engine.dispose()
+
+
+def _query_in_child(settings, answers) -> None:
+    with get_engine(settings).connect() as conn:
+        answers.put(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+
+@pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs the fork start method")
+def test_forked_child_never_touches_parent_session(settings, libpq_url):
+    """The pool pings a reused connection before checkout listeners run; a child must never ping the parent's."""
+    import psycopg
+
+    engine = get_engine(settings)
+    with engine.connect() as conn:
+        parent_pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+    def last_activity():
+        with psycopg.connect(libpq_url) as watcher:
+            return watcher.execute(
+                "SELECT query_start, state_change FROM pg_stat_activity WHERE pid = %s", (parent_pid,)
+            ).fetchone()
+
+    before = last_activity()
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=_query_in_child, args=(settings, answers))
+    child.start()
+    child_pid = answers.get(timeout=60)
+    child.join(60)
+    assert child.exitcode == 0
+    assert child_pid != parent_pid
+    assert last_activity() == before, "the child sent a statement on the parent's session"
+    with engine.connect() as conn:  # and the parent's pooled session still works
+        assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == parent_pid
 
 
 def test_init_is_idempotent_and_creates_tables(settings):

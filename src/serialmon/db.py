@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -90,19 +91,37 @@ def create_async(settings: Settings | None = None, *, url: str | None = None) ->
     return create_async_engine(url, connect_args=_connect_args(settings), pool_pre_ping=True)
 
 
+def _forget_pools_in_child() -> None:
+    """Give a forked child empty pools, leaving the parent's connections untouched.
+
+    This must run before the child checks anything out: the pool pings a
+    reused connection before any checkout listener runs, and a ping from the
+    child on a socket that the parent is using mixes both processes' traffic
+    in one session (the parent then waits for a reply the child has read).
+    """
+    global _engines_lock
+    _engines_lock = threading.Lock()  # another thread may have held it at the fork
+    for engine in list(_engines.values()):
+        engine.dispose(close=False)
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows starts children with spawn, which shares nothing
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
 def _dispose_after_fork(engine: Engine) -> None:
-    """Stop a forked child from reusing its parent's pooled connections."""
+    """Stop a forked child from reusing its parent's pooled connections.
+
+    `_forget_pools_in_child` already replaces the pools at the fork; this pid
+    check also covers a child created by other means.
+    """
 
     @event.listens_for(engine, "connect")
     def _remember_pid(dbapi_connection: Any, record: Any) -> None:
-        import os
-
         record.info["pid"] = os.getpid()
 
     @event.listens_for(engine, "checkout")
     def _check_pid(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        import os
-
         from sqlalchemy.exc import DisconnectionError
 
         if record.info.get("pid") != os.getpid():

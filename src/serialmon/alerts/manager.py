@@ -261,7 +261,7 @@ class AlertManager:
             error = result.error or "unknown error"
             next_attempt_at = await arun(
                 session,
-                lambda conn, m=message: outbox.record_failure(conn, quoted, m, error, now, settings),
+                lambda conn, m=message, e=error: outbox.record_failure(conn, quoted, m, e, now, settings),
                 settings,
             )
             held_until[message.channel] = next_attempt_at
