@@ -7,10 +7,22 @@ second time on another PostgreSQL major version.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+# Before serialmon is imported: the user data folder (platformdirs) of this
+# session and of every child process points at a temporary folder, so no test
+# can start or use a server in the real user's folder. `_no_default_server`
+# fails the test that starts one there.
+if os.name != "nt":
+    os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="serialmon-test-home-")
+    atexit.register(shutil.rmtree, os.environ["XDG_DATA_HOME"], ignore_errors=True)
 
 import psycopg
 import pytest
@@ -31,6 +43,34 @@ def _libpq(url: str, database: str | None = None) -> str:
     if database is not None:
         parsed = parsed.set(database=database)
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module() -> Iterator[None]:
+    """Put `__main__` back after each test.
+
+    Streamlit's AppTest leaves the dashboard script installed as `__main__`, and
+    a `spawn` child started later runs the parent's `__main__` again, so the
+    child would run the dashboard (and start a database server) before its task.
+    """
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
+def _no_default_server() -> Iterator[None]:
+    """Fail a test that started the embedded server in the default data folder (and stop that server)."""
+    from serialmon.config import DATA_DIR
+    from serialmon.embedded import default_server
+
+    pid_file = DATA_DIR / "postgres" / "pgdata" / "postmaster.pid"
+    existed = pid_file.exists()
+    yield
+    if pid_file.exists() and not existed:
+        default_server(DATA_DIR).stop()
+        pytest.fail(f"the test started an embedded server in the default data folder {DATA_DIR}")
 
 
 @pytest.fixture(scope="session")
@@ -101,3 +141,4 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared input data not found at {SHARED_DATA}")
     return SHARED_DATA
+
