@@ -45,6 +45,53 @@ def test_invalid_url_sslmode_rejected(monkeypatch):
     assert "secret" not in str(raised.value)
 
 
+
+@pytest.mark.parametrize(
+    ("variables", "expected"),
+    [
+        ({"SERIALMON_COVERAGE_CRITICAL": "90"},
+         "SERIALMON_COVERAGE_CRITICAL=90.0 must be at or below SERIALMON_COVERAGE_WARNING=80.0"),
+        ({"SERIALMON_FAILURE_RATE_WARNING": "0.5"},
+         "SERIALMON_FAILURE_RATE_CRITICAL=0.25 must be at or above SERIALMON_FAILURE_RATE_WARNING=0.5"),
+        ({"SERIALMON_DB_CACHE_HIT_CRITICAL": "0.995"}, "SERIALMON_DB_CACHE_HIT_CRITICAL=0.995 must be at or below"),
+        ({"SERIALMON_DB_BLOAT_WARNING_PERCENT": "60"}, "SERIALMON_DB_BLOAT_CRITICAL_PERCENT=50.0 must be at or above"),
+        ({"SERIALMON_NOTIFICATION_RETRY_BASE_SEC": "7200"},
+         "SERIALMON_NOTIFICATION_RETRY_MAX_SEC=3600.0 must be at or above SERIALMON_NOTIFICATION_RETRY_BASE_SEC=7200.0"),
+    ],
+)
+def test_inverted_thresholds_name_both_variables(monkeypatch, variables, expected):
+    for variable, value in variables.items():
+        monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+    assert str(raised.value).startswith("Invalid settings: ")
+    assert expected in str(raised.value)
+
+
+def test_equal_thresholds_are_accepted(monkeypatch):
+    monkeypatch.setenv("SERIALMON_COVERAGE_WARNING", "60")
+    monkeypatch.setenv("SERIALMON_COVERAGE_CRITICAL", "60")
+    loaded = load_settings()
+    assert (loaded.coverage_warning, loaded.coverage_critical) == (60.0, 60.0)
+
+
+def test_unknown_variables_are_named_with_the_close_setting(monkeypatch, tmp_path, caplog):
+    from serialmon import config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(config, "_warned_unknown", set())
+    monkeypatch.setenv("SERIALMON_COVERAGE_WARN", "70")
+    monkeypatch.setenv("SERIALMON_TEST_ANYTHING", "1")  # the test suite's own variables are not settings
+    (tmp_path / ".env").write_text("SERIALMON_STAL_MINUTES=5\nSERIALMON_STALL_MINUTES=5\n", encoding="utf-8")
+    with caplog.at_level("WARNING", logger="serialmon.config"):
+        loaded = load_settings()
+        load_settings()  # each name is reported once per process
+    assert loaded.coverage_warning == 80.0 and loaded.stall_minutes == 5.0
+    assert caplog.messages == [
+        "SERIALMON_COVERAGE_WARN is not a serialmon setting and is ignored; did you mean SERIALMON_COVERAGE_WARNING?",
+        "SERIALMON_STAL_MINUTES is not a serialmon setting and is ignored; did you mean SERIALMON_STALL_MINUTES?",
+    ]
+
 def test_alert_emails_split_on_commas(monkeypatch):
     monkeypatch.setenv("ALERT_TO_EMAILS", "a@example.com, b@example.org")
     assert load_settings().alert_to_emails == ["a@example.com", "b@example.org"]

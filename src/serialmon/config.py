@@ -8,6 +8,8 @@ that names the variable and the value.
 
 from __future__ import annotations
 
+import difflib
+import logging
 import os
 import re
 import threading
@@ -15,12 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from platformdirs import user_data_path
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from serialmon.errors import SettingsError
+
+logger = logging.getLogger(__name__)
 
 DATA_DIR = user_data_path("serialmon", appauthor=False)
 
@@ -264,6 +268,19 @@ class Settings(BaseSettings):
             raise ValueError(f"has unknown sslmode {sslmode!r}, expected one of {', '.join(SSL_MODES)}")
         return SecretStr(raw)
 
+    @model_validator(mode="after")
+    def _check_threshold_order(self) -> Settings:
+        for worse, milder, lower_is_worse in _THRESHOLD_PAIRS:
+            worse_value, milder_value = getattr(self, worse), getattr(self, milder)
+            inverted = worse_value > milder_value if lower_is_worse else worse_value < milder_value
+            if inverted:
+                relation = "at or below" if lower_is_worse else "at or above"
+                raise ValueError(
+                    f"{_variable(worse)}={worse_value} must be {relation} {_variable(milder)}={milder_value} "
+                    f"(one of the two is set the wrong way round)"
+                )
+        return self
+
     # Derived paths
 
     @property
@@ -281,6 +298,26 @@ class Settings(BaseSettings):
     @property
     def smtp_configured(self) -> bool:
         return bool(self.smtp_host)
+
+
+# Each pair: the worse level, the milder level, and whether a lower value is
+# worse. An inverted pair hides the milder level, so a warning would never fire.
+_THRESHOLD_PAIRS = (
+    ("coverage_critical", "coverage_warning", True),
+    ("failure_rate_critical", "failure_rate_warning", False),
+    ("table_size_critical_ratio", "table_size_warning_ratio", False),
+    ("db_bloat_critical_percent", "db_bloat_warning_percent", False),
+    ("db_cache_hit_critical", "db_cache_hit_warning", True),
+    ("db_dead_tuples_critical_ratio", "db_dead_tuples_warning_ratio", False),
+    ("db_long_transaction_critical_minutes", "db_long_transaction_warning_minutes", False),
+    ("notification_retry_max_sec", "notification_retry_base_sec", False),
+)
+
+
+def _variable(field: str) -> str:
+    """Return the environment variable that set `field`, or its first name."""
+    names = env_names(field)
+    return next((name for name in names if name in os.environ), names[0])
 
 
 def normalize_url(raw: str) -> str:
@@ -314,10 +351,11 @@ def env_names(field: str) -> list[str]:
 
 def _describe_error(error: ValidationError) -> str:
     first = error.errors()[0]
+    if not first["loc"]:  # a check across several settings names them in its message
+        return f"Invalid settings: {first['msg'].removeprefix('Value error, ')}"
     field = str(first["loc"][0]) if first["loc"] else "?"
     field = _FIELD_BY_ALIAS.get(field.upper(), field)
-    names = env_names(field) if field in Settings.model_fields else [field]
-    variable = next((name for name in names if name in os.environ), names[0])
+    variable = _variable(field) if field in Settings.model_fields else field
     value = first.get("input")
     secret = "password" in field or field.endswith("_url")
     displayed = repr(value)
@@ -334,12 +372,53 @@ _settings: Settings | None = None
 _settings_lock = threading.Lock()
 
 
+# SERIALMON_* variables that are not settings: the test suite's and the benchmarks'.
+_NOT_SETTINGS = ("SERIALMON_TEST_", "SERIALMON_BENCH_", "SERIALMON_REQUIRE_BROWSER", "SERIALMON_SCREENSHOT_DIR")
+_warned_unknown: set[str] = set()
+
+
+def unknown_variables() -> list[tuple[str, str | None]]:
+    """Return SERIALMON_* names in the environment or `.env` that set nothing, each with a close match or None."""
+    names = {name.upper() for name in os.environ}
+    env_file = Path(".env")
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        try:
+            names |= {name.upper() for name in dotenv_values(env_file, encoding="utf-8")}
+        except (OSError, UnicodeDecodeError):
+            pass  # this check only warns, so an unreadable .env is skipped here
+    known = list(_FIELD_BY_ALIAS)
+    unknown = []
+    for name in sorted(names):
+        if name.startswith("SERIALMON_") and name not in _FIELD_BY_ALIAS and not name.startswith(_NOT_SETTINGS):
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+            unknown.append((name, close[0] if close else None))
+    return unknown
+
+
+def _warn_unknown_variables() -> None:
+    for name, close in unknown_variables():
+        if name in _warned_unknown:
+            continue
+        _warned_unknown.add(name)
+        hint = f"; did you mean {close}?" if close else "; `serialmon config --reference` lists every setting"
+        logger.warning("%s is not a serialmon setting and is ignored%s", name, hint)
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build fresh settings; raises `SettingsError` with one line naming the bad variable."""
+    """Build fresh settings; raises `SettingsError` with one line naming the bad variable.
+
+    A SERIALMON_* variable that matches no setting is logged once as a warning
+    (with the closest setting's name), because a typo would otherwise leave
+    the default in force without a word.
+    """
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as error:
         raise SettingsError(_describe_error(error)) from None
+    _warn_unknown_variables()
+    return settings
 
 
 def get_settings() -> Settings:
