@@ -270,6 +270,66 @@ async def test_database_monitor_missing_keeps_state(initialized):
     assert [alert["alert_key"] for alert in await AlertManager(settings).get_active_alerts()] == ["cache_hit_ratio"]
 
 
+
+async def test_not_evaluated_database_rule_keeps_alert(initialized):
+    from serialmon.monitor.checks import ConditionResults
+
+    settings = alert_settings(initialized)
+    bloat = Condition("db_bloat", "public.serialized_models", "warning", 42.0, 30.0, "42 % bloated", "VACUUM it.")
+    results = [
+        ConditionResults([bloat], frozenset()),
+        ConditionResults([], frozenset({"db_bloat"})),  # its statistics could not be read
+        ConditionResults([], frozenset()),
+    ]
+    alerts = manager(settings, condition_source=lambda conn, settings: results.pop(0))
+
+    fired = await alerts.process_alerts(now=T0)
+    unknown = await alerts.process_alerts(now=T0 + minutes(1))
+    active = [alert["alert_key"] for alert in await alerts.get_active_alerts()]
+    cleared = await alerts.process_alerts(now=T0 + minutes(2))
+
+    assert [t["to_state"] for t in fired["transitions"]] == ["firing"]
+    assert unknown["transitions"] == []
+    database = [rule for rule in unknown["rules"] if rule["rule"] == "database"]
+    assert database == [{"rule": "database", "ok": True, "alerts": 0, "error": None, "not_evaluated": ["db_bloat"]}]
+    assert active == ["db_bloat[public.serialized_models]"]
+    assert [t["to_state"] for t in cleared["transitions"]] == ["resolved"]
+
+
+MODELS_RELATION = '"public"."serialized_models"'
+CACHE_KEY = f"db_cache_hit_ratio[{MODELS_RELATION}]"
+
+
+async def test_monitor_rule_behind_lock_keeps_alert(initialized, libpq_url):
+    import psycopg
+
+    settings = alert_settings(initialized, db_cache_hit_min_blocks=10, size_sample_interval_sec=86_400)
+    with psycopg.connect(libpq_url, autocommit=True) as conn:  # two samples 5 minutes apart: 50 hits, 50 reads
+        for ago, hit, read in ((10, 10_000, 10), (5, 10_050, 60)):
+            conn.execute(
+                "INSERT INTO serialmon.table_size_samples (relation, sampled_at, heap_bytes, toast_bytes, "
+                "index_bytes, total_bytes, heap_blks_hit, heap_blks_read, idx_blks_hit, idx_blks_read, "
+                "toast_blks_hit, toast_blks_read, tidx_blks_hit, tidx_blks_read) "
+                "VALUES (%s, now() - make_interval(mins => %s), 1, 1, 1, 3, %s, %s, 0, 0, 0, 0, 0, 0)",
+                (MODELS_RELATION, ago, hit, read),
+            )
+    alerts = AlertManager(settings)
+    fired = await alerts.process_alerts(now=T0)
+
+    holder = psycopg.connect(libpq_url)  # the samples cannot be read: the rule times out on the lock
+    try:
+        holder.execute("LOCK TABLE serialmon.table_size_samples IN ACCESS EXCLUSIVE MODE")
+        unknown = await alerts.process_alerts(now=T0 + minutes(1))
+    finally:
+        holder.rollback()
+        holder.close()
+
+    assert CACHE_KEY in [t["alert_key"] for t in fired["transitions"]]
+    assert [t for t in unknown["transitions"] if t["rule"] == "db_cache_hit_ratio"] == []
+    assert CACHE_KEY in [alert["alert_key"] for alert in await alerts.get_active_alerts()]
+    database = [rule for rule in unknown["rules"] if rule["rule"] == "database"]
+    assert "db_cache_hit_ratio" in database[0]["not_evaluated"]
+
 class BrokenRule(Rule):
     source = "low_element_coverage"
 

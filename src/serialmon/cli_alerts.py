@@ -79,6 +79,11 @@ def _print_result(result: dict[str, Any]) -> None:
     for rule in broken:
         console.print(f"  [yellow]not evaluated[/] {escape(rule['rule'])}: {escape(rule['error'])}",
                       highlight=False, soft_wrap=True)
+    for rule in result["rules"]:
+        if rule.get("not_evaluated"):
+            skipped = ", ".join(rule["not_evaluated"])
+            console.print(f"  [yellow]not evaluated[/] {escape(skipped)} (data not readable now; alerts keep their state)",
+                          highlight=False, soft_wrap=True)
     for transition in result["transitions"]:
         note = f", notified {transition['notification']}" if transition["notification"] else ""
         if transition["suppressed"]:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from serialmon.alerts import notify, outbox
 from serialmon.alerts import silences as silence_store
 from serialmon.alerts import state as state_store
-from serialmon.alerts.rules import ConditionSource, Rule, RuleUnavailable, default_rules, for_minutes
+from serialmon.alerts.rules import ConditionSource, Rule, RuleResult, RuleUnavailable, default_rules, for_minutes
 from serialmon.alerts.state import FIRING, PENDING, AlertState, Notice, Transition, advance, alert_key
 from serialmon.config import Settings, get_settings
 from serialmon.db import AnySession, Names, arun, names
@@ -150,13 +150,14 @@ class AlertManager:
         evaluation = _Evaluation()
 
         for rule in self._rules:
-            findings = self._run_rule(rule, conn, settings, quoted, now, states, evaluation)
-            if findings is None:
+            result = self._run_rule(rule, conn, settings, quoted, now, states, evaluation)
+            if result is None:
                 continue
-            by_key = {alert_key(finding.rule, finding.scope): finding for finding in findings}
+            by_key = {alert_key(finding.rule, finding.scope): finding for finding in result.findings}
             keys = set(by_key) | {
                 key for key, stored in states.items()
                 if stored.source == rule.source
+                and stored.rule not in result.not_evaluated  # unknown is not clear: the alert keeps its state
                 and (stored.state in (PENDING, FIRING) or stored.last_notified_state == FIRING)
             }
             for key in sorted(keys):
@@ -187,7 +188,7 @@ class AlertManager:
         return evaluation
 
     def _run_rule(self, rule: Rule, conn: Connection, settings: Settings, quoted: Names, now: datetime,
-                  states: dict[str, AlertState], evaluation: _Evaluation) -> list | None:
+                  states: dict[str, AlertState], evaluation: _Evaluation) -> RuleResult | None:
         """Run one rule group in a savepoint; on failure, report it and return None so its keys stay as they are."""
         firing = {
             (stored.rule, stored.scope): stored.severity or ""
@@ -196,7 +197,7 @@ class AlertManager:
         }
         try:
             with conn.begin_nested():
-                findings = rule.evaluate(conn, settings, quoted, now, firing)
+                result = rule.evaluate(conn, settings, quoted, now, firing)
         except RuleUnavailable as error:
             self._log_rule_error(rule.source, str(error), logging.INFO)
             evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": str(error)})
@@ -206,8 +207,13 @@ class AlertManager:
             self._log_rule_error(rule.source, reason, logging.ERROR, error)
             evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": reason})
             return None
-        evaluation.rules.append({"rule": rule.source, "ok": True, "alerts": len(findings), "error": None})
-        return findings
+        if not isinstance(result, RuleResult):
+            result = RuleResult(list(result))
+        entry = {"rule": rule.source, "ok": True, "alerts": len(result.findings), "error": None}
+        if result.not_evaluated:
+            entry["not_evaluated"] = sorted(result.not_evaluated)
+        evaluation.rules.append(entry)
+        return result
 
     def _log_rule_error(self, source: str, reason: str, level: int, error: BaseException | None = None) -> None:
         # Each distinct failure is logged once per manager, so a rule failing every minute does not flood the log.

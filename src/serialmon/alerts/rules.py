@@ -6,13 +6,14 @@
 | `high_failure_rate` | failures / (successes + failures), skipped excluded | `alert_window_minutes` (60) | warning > 10 %, critical > 25 %, with >= 20 attempts | <= threshold - 2 points |
 | `processing_stall` | running batch without events or heartbeat; worker without heartbeat | `stall_minutes` (15) | critical | activity again, or batch finished |
 | `coverage_anomaly` | a category's recent mean vs its own training history (z-score) | window vs the 7 days before it | warning when z < -3 and the mean dropped >= 5 points, with >= 30 historic events and >= 5 recent models | z >= -2 |
-| database conditions | `serialmon.monitor.checks.check_conditions` | the monitor's | the monitor's severity | the monitor stops reporting it |
+| database conditions | `serialmon.monitor.checks.check_all_conditions` | the monitor's | the monitor's severity | the monitor evaluates it and stops reporting it |
 
 Each rule returns the conditions that are met now as `Finding`s. A rule that
 cannot measure (too few models, no data) returns nothing, which clears its
-alerts. A rule that raises leaves its alerts unchanged. `firing` lists the
-rule's keys that are firing, so the rule can apply the recovery margin
-(hysteresis) to them instead of the firing threshold.
+alerts. A rule that raises, or that a `RuleResult` lists as not evaluated,
+leaves its alerts unchanged. `firing` lists the rule's keys that are firing,
+so the rule can apply the recovery margin (hysteresis) to them instead of the
+firing threshold.
 """
 
 from __future__ import annotations
@@ -94,18 +95,27 @@ class Thresholds:
         return None
 
 
+@dataclass
+class RuleResult:
+    """Findings of a rule group, and its rules that could not be evaluated (their alerts keep their state)."""
+
+    findings: list[Finding]
+    not_evaluated: frozenset[str] = frozenset()
+
+
 class Rule:
     """A rule group: evaluates one or more rules and returns the findings that hold now.
 
     `source` is stored with each alert key, so that a key of a group that ran
-    and did not report it is known to be clear.
+    and did not report it is known to be clear. `evaluate` returns the
+    findings, or a `RuleResult` when some of its rules could not be evaluated.
     """
 
     source: str = ""
     rules: tuple[str, ...] = ()
 
     def evaluate(self, conn: Connection, settings: Settings, names: Names, now: datetime,
-                 firing: FiringKeys) -> list[Finding]:
+                 firing: FiringKeys) -> list[Finding] | RuleResult:
         raise NotImplementedError
 
 
@@ -414,13 +424,13 @@ class CoverageAnomalyRule(Rule):
         )
 
 
-def monitor_condition_source(conn: Connection, settings: Settings) -> list[Any]:
-    """Call the database monitor's `check_conditions`; raises `RuleUnavailable` when it is not installed."""
+def monitor_condition_source(conn: Connection, settings: Settings) -> Any:
+    """Call the database monitor's `check_all_conditions`; raises `RuleUnavailable` when it is not installed."""
     try:
-        from serialmon.monitor.checks import check_conditions
+        from serialmon.monitor.checks import check_all_conditions
     except ImportError as error:
         raise RuleUnavailable(f"the database monitor is not available ({error})") from error
-    return list(check_conditions(conn, settings))
+    return check_all_conditions(conn, settings)
 
 
 class RuleUnavailable(RuntimeError):
@@ -434,10 +444,10 @@ class DatabaseConditionsRule(Rule):
     "critical"), `value`, `threshold`, `message` and `fix`, and is reported only
     while it is met, so a missing condition clears its alert. The monitor owns
     the thresholds. `condition_source(conn, settings)` is injectable; it
-    defaults to `serialmon.monitor.checks.check_conditions`.
-
-    NOTE: a check the monitor skips (its data could not be read) returns no
-    condition, which looks the same as a clear one, so its alert resolves.
+    defaults to `serialmon.monitor.checks.check_all_conditions`. It returns
+    the conditions, or an object with `conditions` and `not_evaluated` (rule
+    names whose data could not be read, for example behind another session's
+    lock). Alerts of a rule that was not evaluated keep their state.
     """
 
     source = "database"
@@ -452,14 +462,17 @@ class DatabaseConditionsRule(Rule):
         self._condition_source = condition_source or monitor_condition_source
 
     def evaluate(self, conn, settings, names, now, firing):
+        result = self._condition_source(conn, settings)
+        conditions = getattr(result, "conditions", result)
+        not_evaluated = frozenset(getattr(result, "not_evaluated", ()))
         by_key: dict[tuple[str, str], Finding] = {}
-        for condition in self._condition_source(conn, settings):
+        for condition in conditions:
             finding = self._finding(condition)
             key = (finding.rule, finding.scope)
             current = by_key.get(key)
             if current is None or SEVERITY_RANK[finding.severity] > SEVERITY_RANK[current.severity]:
                 by_key[key] = finding
-        return list(by_key.values())
+        return RuleResult(list(by_key.values()), not_evaluated)
 
     @staticmethod
     def _finding(condition: Any) -> Finding:

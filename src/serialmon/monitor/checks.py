@@ -351,26 +351,56 @@ def _query_stats(run: MonitorRun, relation: RelationInfo) -> list[DatabaseCondit
     return []
 
 
-_RULES: tuple[Callable[[MonitorRun, RelationInfo], list[DatabaseCondition]], ...] = (
-    _table_size, _bloat, _cache_hit, _dead_tuples, _autovacuum, _gin, _long_transaction, _query_stats,
-)  # fmt: skip
+# Each check with the condition rule it reports.
+_RULES: tuple[tuple[str, Callable[[MonitorRun, RelationInfo], list[DatabaseCondition]]], ...] = (
+    ("db_table_size", _table_size),
+    ("db_bloat", _bloat),
+    ("db_cache_hit_ratio", _cache_hit),
+    ("db_dead_tuples", _dead_tuples),
+    ("db_autovacuum", _autovacuum),
+    ("db_gin_index", _gin),
+    ("db_long_transaction", _long_transaction),
+    ("db_query_stats_unavailable", _query_stats),
+)
+
+
+@dataclass(frozen=True)
+class ConditionResults:
+    """Conditions that hold now, and the rules whose data could not be read (neither met nor clear)."""
+
+    conditions: list[DatabaseCondition]
+    not_evaluated: frozenset[str]
 
 
 def evaluate(run: MonitorRun, relation: RelationInfo) -> list[DatabaseCondition]:
     """Evaluate every rule on an open run; a rule whose data cannot be read is skipped and noted."""
+    return evaluate_all(run, relation).conditions
+
+
+def evaluate_all(run: MonitorRun, relation: RelationInfo) -> ConditionResults:
+    """Evaluate every rule on an open run, naming the rules that were skipped because their data could not be read."""
     conditions: list[DatabaseCondition] = []
-    for rule in _RULES:
+    skipped_rules: set[str] = set()
+    for name, rule in _RULES:
         try:
             conditions.extend(rule(run, relation))
         except SectionSkipped as skipped:
-            name = rule.__name__.lstrip("_")
+            skipped_rules.add(name)
             run.note_skip("alerts", f"{name} not evaluated: {skipped.reason}", skipped.fix)
             logger.info("database rule %s not evaluated: %s", name, skipped.reason)
-    return conditions
+    return ConditionResults(conditions, frozenset(skipped_rules))
 
 
 def check_conditions(conn: Connection, settings: Settings, *, record_sample: bool = True) -> list[DatabaseCondition]:
     """Return the database conditions that currently hold for the monitored table.
+
+    See `check_all_conditions`, which also names the rules it could not evaluate.
+    """
+    return check_all_conditions(conn, settings, record_sample=record_sample).conditions
+
+
+def check_all_conditions(conn: Connection, settings: Settings, *, record_sample: bool = True) -> ConditionResults:
+    """Return the database conditions that hold now and the rules that could not be evaluated.
 
     With `record_sample`, first records a size sample (at most one per
     `size_sample_interval_sec`) in a savepoint, so that an alert loop keeps
@@ -383,7 +413,7 @@ def check_conditions(conn: Connection, settings: Settings, *, record_sample: boo
     if record_sample:
         _record_sample_quietly(conn, settings)
     run, relation = start_run(conn, settings)
-    return evaluate(run, relation)
+    return evaluate_all(run, relation)
 
 
 _sample_failure_logged = False
