@@ -330,6 +330,33 @@ async def test_monitor_rule_behind_lock_keeps_alert(initialized, libpq_url):
     database = [rule for rule in unknown["rules"] if rule["rule"] == "database"]
     assert "db_cache_hit_ratio" in database[0]["not_evaluated"]
 
+
+async def test_bloat_without_statistics_keeps_alert(initialized, libpq_url):
+    import psycopg
+
+    from serialmon.simulate import SimulationConfig, run_simulation
+
+    settings = alert_settings(initialized, db_bloat_min_bytes=0, db_bloat_warning_percent=0.01,
+                              db_bloat_critical_percent=100)
+    run_simulation(SimulationConfig(count=40, seed=3, content_kb=2, record=False), settings)
+    with psycopg.connect(libpq_url, autocommit=True) as conn:
+        conn.execute("DELETE FROM serialized_models WHERE model_name IN "
+                     "(SELECT model_name FROM serialized_models ORDER BY model_name LIMIT 20)")
+        conn.execute("ANALYZE serialized_models")
+    alerts = AlertManager(settings)
+    fired = await alerts.process_alerts(now=T0)
+
+    with psycopg.connect(libpq_url, autocommit=True) as conn:  # as after a restore: no column statistics yet
+        conn.execute("DELETE FROM pg_statistic WHERE starelid = 'serialized_models'::regclass")
+    unknown = await alerts.process_alerts(now=T0 + minutes(1))
+
+    bloat_key = f"db_bloat[{MODELS_RELATION}]"
+    assert bloat_key in [t["alert_key"] for t in fired["transitions"]]
+    assert [t for t in unknown["transitions"] if t["rule"] == "db_bloat"] == []
+    assert bloat_key in [alert["alert_key"] for alert in await alerts.get_active_alerts()]
+    database = [rule for rule in unknown["rules"] if rule["rule"] == "database"]
+    assert database[0]["not_evaluated"] == ["db_bloat"]
+
 class BrokenRule(Rule):
     source = "low_element_coverage"
 

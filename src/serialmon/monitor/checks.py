@@ -107,6 +107,14 @@ def _table_size(run: MonitorRun, relation: RelationInfo) -> list[DatabaseConditi
 def _bloat(run: MonitorRun, relation: RelationInfo) -> list[DatabaseCondition]:
     settings = run.settings
     table = estimate_bloat(run, relation)["table"]
+    sizes = relation_sizes(run, relation)
+    if sizes["heap_main_bytes"] + sizes["toast_main_bytes"] < settings.db_bloat_min_bytes:
+        return []  # even all of it wasted would stay under the minimum
+    if not table["complete"]:
+        # A percentage of the heap or the TOAST table alone would be judged as the table's.
+        missing = [part for part in ("heap", "toast") if part in table and not table[part].get("available", True)]
+        first = table[missing[0]]
+        raise SectionSkipped(f"no {' or '.join(missing)} estimate: {first['reason']}", first.get("fix"))
     percent, wasted = table["bloat_percent"], table["wasted_bytes"]
     if percent is None or wasted < settings.db_bloat_min_bytes:
         return []
