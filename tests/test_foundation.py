@@ -86,7 +86,8 @@ def test_unknown_variables_are_named_with_the_close_setting(monkeypatch, tmp_pat
     with caplog.at_level("WARNING", logger="serialmon.config"):
         loaded = load_settings()
         load_settings()  # each name is reported once per process
-    assert loaded.coverage_warning == 80.0 and loaded.stall_minutes == 5.0
+    assert loaded.coverage_warning == 80.0
+    assert loaded.stall_minutes == 5.0
     assert caplog.messages == [
         "SERIALMON_COVERAGE_WARN is not a serialmon setting and is ignored; did you mean SERIALMON_COVERAGE_WARNING?",
         "SERIALMON_STAL_MINUTES is not a serialmon setting and is ignored; did you mean SERIALMON_STALL_MINUTES?",
@@ -169,6 +170,28 @@ def test_forked_child_never_touches_parent_session(settings, libpq_url):
     assert last_activity() == before, "the child sent a statement on the parent's session"
     with engine.connect() as conn:  # and the parent's pooled session still works
         assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() == parent_pid
+
+
+def test_embedded_server_started_once_per_process(tmp_path, monkeypatch):
+    """A collector's reconnect must not undo `serialmon db stop`."""
+    from serialmon import db
+    from serialmon.embedded import default_server
+
+    for variable in ("MODEL_DATA_DB_URL", "DATABASE_URL", "SERIALMON_DATABASE_URL"):
+        monkeypatch.delenv(variable, raising=False)
+    settings = load_settings(data_dir=tmp_path / "data")
+    server = default_server(settings.data_dir)
+    try:
+        url = db.database_url(settings)
+        started = server.status().running
+        server.stop()
+        again = db.database_url(settings)
+        assert started
+        assert again == url
+        assert not server.status().running
+    finally:
+        server.stop()
+        db._started_embedded.discard(server.data_dir)
 
 
 def test_init_is_idempotent_and_creates_tables(settings):

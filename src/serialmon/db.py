@@ -20,8 +20,13 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
+# The dialect is imported with this module rather than at the first connection,
+# which may happen in the event writer's thread: a module that a thread is halfway
+# through importing when the process forks stays broken in the child.
+import sqlalchemy.dialects.postgresql.psycopg  # noqa: F401
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
@@ -29,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 from sqlalchemy.orm import Session
 
 from serialmon.config import Settings, get_settings, mask_url, normalize_url
+from serialmon.embedded import default_server
 from serialmon.errors import DatabaseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -38,13 +44,20 @@ AnySession = AsyncSession | AsyncConnection | Session | Connection | None
 
 _engines: dict[tuple, Engine] = {}
 _engines_lock = threading.Lock()
+# Embedded servers this process has started (or found running). A server that
+# is stopped afterwards stays stopped: `serialmon db stop` must not be undone by
+# the next reconnect of a running collector.
+_started_embedded: set[Path] = set()
 
 
 def database_url(settings: Settings | None = None, *, start_embedded: bool = True) -> str:
     """Return the SQLAlchemy URL to use: the configured one, or the embedded server's.
 
     With no URL configured and `start_embedded`, starts the embedded server
-    (a no-op when it already runs). Raises `EmbeddedServerError` when that fails.
+    the first time this process asks (a no-op when it already runs). Later calls
+    return its URL without starting it, so a server that an operator stopped
+    stays stopped until `serialmon db start`. Raises `EmbeddedServerError`
+    when the start fails.
     """
     settings = settings or get_settings()
     if settings.database_url is not None:
@@ -53,10 +66,12 @@ def database_url(settings: Settings | None = None, *, start_embedded: bool = Tru
             url = url.update_query_dict({"sslmode": settings.db_sslmode})
         return url.render_as_string(hide_password=False)
 
-    from serialmon.embedded import default_server
-
     server = default_server(settings.data_dir)
-    return server.start() if start_embedded else server.url()
+    if not start_embedded or server.data_dir in _started_embedded:
+        return server.url()
+    url = server.start()
+    _started_embedded.add(server.data_dir)
+    return url
 
 
 def _connect_args(settings: Settings) -> dict[str, Any]:
@@ -94,10 +109,10 @@ def create_async(settings: Settings | None = None, *, url: str | None = None) ->
 def _forget_pools_in_child() -> None:
     """Give a forked child empty pools, leaving the parent's connections untouched.
 
-    This must run before the child checks anything out: the pool pings a
-    reused connection before any checkout listener runs, and a ping from the
+    This must run before the child checks anything out. The pool pings a
+    reused connection before any checkout listener runs. A ping from the
     child on a socket that the parent is using mixes both processes' traffic
-    in one session (the parent then waits for a reply the child has read).
+    in one session, and the parent then waits for a reply the child has read.
     """
     global _engines_lock
     _engines_lock = threading.Lock()  # another thread may have held it at the fork

