@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -232,6 +233,45 @@ def test_flush_returns_quickly_when_database_unreachable(settings, tmp_path):
     lines = [line for path in journal_files(journal) for line in path.read_text().splitlines()]
     assert len(lines) == 200
     assert journal_files(journal, "ready_")  # closed files are left for the next process
+
+
+
+class SilentServer:
+    """A TCP listener on 127.0.0.1 that accepts connections and never replies; it counts the connections."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.accepted.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.accepted:
+            conn.close()
+
+
+def test_close_makes_one_attempt_at_silent_server(settings, tmp_path, long_backoff):
+    silent = SilentServer()
+    try:
+        down = settings.model_copy(update={
+            **long_backoff, "connect_timeout_sec": 1, "data_dir": tmp_path / "d",
+            "database_url": SecretStr(f"postgresql://serialmon@127.0.0.1:{silent.port}/nothing"),
+        })
+        collector = SerializeMetricsCollector(down)
+        collector.record_serialization_sync("m.prt", "part", "success", 1.0)
+        assert collector.flush(30)
+        before = len(silent.accepted)
+        assert collector.close(30)
+        after = len(silent.accepted)
+    finally:
+        silent.close()
+    assert after - before == 1  # the final heartbeat: no second connection after a failed connect
 
 
 def test_heartbeat_rows_appear_and_stop(initialized, libpq_url):

@@ -732,7 +732,8 @@ class EventWriter:
         that every item submitted before the call is committed, or is in the
         fsynced journal because the database failed during this flush (or
         earlier, for items the flush found journaled). Each flush during an
-        outage makes at most one connection attempt, which `connect_timeout_sec` bounds.
+        outage makes at most one connection attempt, which `connect_timeout_sec` bounds,
+        after waiting for an attempt already in progress: up to twice that in all.
 
         Returns False when `timeout` seconds pass first, or when the writer
         thread is not running and items are still queued.
@@ -981,6 +982,7 @@ class EventWriter:
             for attempt in range(2):
                 if attempt == 0 and self._blocked(time.monotonic()):
                     break
+                reused = self._conn is not None and not self._conn.closed
                 try:
                     if not stopped_written:
                         self._write_heartbeat(stopped=True)
@@ -991,8 +993,8 @@ class EventWriter:
                 except Exception as error:
                     kind = _classify(error)
                     self._on_failure(error, kind)
-                    if kind != "unavailable":
-                        break
+                    if kind != "unavailable" or not reused:
+                        break  # a failed connect was the one attempt: close() must not wait for a second
                     # The server may have closed this one connection (a restart, an idle timeout):
                     # one fresh connection is worth a try before the heartbeat is given up.
                     self._close_connection()
