@@ -27,6 +27,13 @@ def test_model_data_url_wins_over_database_url(monkeypatch):
         ("ALERT_TO_EMAILS", "ops@example.com;bad", "ALERT_TO_EMAILS="),
         ("SERIALMON_DB_SSLMODE", "sometimes", "unknown SSL mode"),
         ("SERIALMON_COVERAGE_WARNING", "120", "SERIALMON_COVERAGE_WARNING='120'"),
+        ("SERIALMON_COOLDOWN_MINUTES", "inf", "Input should be a finite number"),
+        ("SERIALMON_STALL_MINUTES", "nan", "Input should be a finite number"),
+        ("SERIALMON_STALL_MINUTES", "1e300", "less than or equal to 43200"),
+        ("SERIALMON_ALERT_HISTORY_RETENTION_DAYS", "100000000000", "less than or equal to 36500"),
+        ("SERIALMON_ALERT_WINDOW_MINUTES", "100000000000", "less than or equal to 43200"),
+        ("SERIALMON_ALERT_RULE_FOR_MINUTES", "{bad json",
+         "SERIALMON_ALERT_RULE_FOR_MINUTES='{bad json': expected a JSON value"),
     ],
 )
 def test_invalid_setting_names_variable(monkeypatch, variable, value, expected):

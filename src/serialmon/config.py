@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 from platformdirs import user_data_path
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as PydanticSettingsError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -47,6 +48,7 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         case_sensitive=False,
+        allow_inf_nan=False,
     )
 
     # Database
@@ -60,8 +62,8 @@ class Settings(BaseSettings):
     models_schema: str = Field(default="public", description="schema of the monitored table")
     models_table: str = Field(default="serialized_models", description="monitored table")
     application_name: str = Field(default="serialmon", description="application_name of every connection")
-    statement_timeout_ms: int = Field(default=15_000, ge=0, description="statement_timeout of every connection")
-    lock_timeout_ms: int = Field(default=1_000, ge=0, description="lock_timeout of every connection")
+    statement_timeout_ms: int = Field(default=15_000, ge=0, le=86_400_000, description="statement_timeout of every connection")
+    lock_timeout_ms: int = Field(default=1_000, ge=0, le=86_400_000, description="lock_timeout of every connection")
     connect_timeout_sec: int = Field(default=5, ge=1, le=300, description="TCP connect timeout")
     data_dir: Path = Field(default=DATA_DIR, description="embedded server, journal and outbox live here")
 
@@ -98,22 +100,22 @@ class Settings(BaseSettings):
         default=30.0, gt=0, le=3600, description="longest wait between the event writer's database retries"
     )
     journal_rotate_bytes: int = Field(
-        default=16 * 1024 * 1024, ge=4096, description="size at which the event journal starts a new file"
+        default=16 * 1024 * 1024, ge=4096, le=1024**3, description="size at which the event journal starts a new file"
     )
-    events_retention_days: int = Field(default=90, ge=1)
+    events_retention_days: int = Field(default=90, ge=1, le=36_500)
 
     # Alert thresholds
     coverage_warning: float = Field(default=80.0, ge=0, le=100)
     coverage_critical: float = Field(default=50.0, ge=0, le=100)
     failure_rate_warning: float = Field(default=0.10, ge=0, le=1)
     failure_rate_critical: float = Field(default=0.25, ge=0, le=1)
-    alert_window_minutes: int = Field(default=60, ge=1)
-    min_models_for_coverage: int = Field(default=10, ge=1)
-    min_attempts_for_failure_rate: int = Field(default=20, ge=1)
-    stall_minutes: float = Field(default=15.0, gt=0)
-    alert_for_minutes: float = Field(default=0.0, ge=0, description="how long a condition holds before firing")
-    cooldown_minutes: float = Field(default=30.0, ge=0)
-    alert_history_retention_days: int = Field(default=90, ge=1)
+    alert_window_minutes: int = Field(default=60, ge=1, le=43_200)
+    min_models_for_coverage: int = Field(default=10, ge=1, le=1_000_000)
+    min_attempts_for_failure_rate: int = Field(default=20, ge=1, le=1_000_000)
+    stall_minutes: float = Field(default=15.0, gt=0, le=43_200)
+    alert_for_minutes: float = Field(default=0.0, ge=0, le=43_200, description="how long a condition holds before firing")
+    cooldown_minutes: float = Field(default=30.0, ge=0, le=43_200)
+    alert_history_retention_days: int = Field(default=90, ge=1, le=36_500)
 
     # Alerts: hysteresis, anomaly detection, state machine and delivery
     coverage_recovery_margin: float = Field(
@@ -154,9 +156,9 @@ class Settings(BaseSettings):
     )
 
     # Database monitor
-    size_sample_interval_sec: int = Field(default=300, ge=0)
-    size_samples_retention_days: int = Field(default=90, ge=1)
-    table_size_limit_bytes: int | None = Field(default=None, ge=1)
+    size_sample_interval_sec: int = Field(default=300, ge=0, le=604_800)
+    size_samples_retention_days: int = Field(default=90, ge=1, le=36_500)
+    table_size_limit_bytes: int | None = Field(default=None, ge=1, le=2**62)
     monitor_statement_timeout_ms: int = Field(
         default=5_000, ge=10, le=3_600_000, description="statement_timeout of each database monitor statement"
     )
@@ -180,16 +182,16 @@ class Settings(BaseSettings):
     db_bloat_warning_percent: float = Field(default=30.0, gt=0, le=100)
     db_bloat_critical_percent: float = Field(default=50.0, gt=0, le=100)
     db_bloat_min_bytes: int = Field(
-        default=100 * 1024 * 1024, ge=0, description="wasted bytes below which bloat never alerts"
+        default=100 * 1024 * 1024, ge=0, le=2**62, description="wasted bytes below which bloat never alerts"
     )
     db_cache_hit_warning: float = Field(default=0.99, ge=0, le=1, description="between the last two size samples")
     db_cache_hit_critical: float = Field(default=0.90, ge=0, le=1)
     db_cache_hit_min_blocks: int = Field(
-        default=1_000, ge=1, description="block accesses between samples below which the ratio is not judged"
+        default=1_000, ge=1, le=2**62, description="block accesses between samples below which the ratio is not judged"
     )
     db_dead_tuples_warning_ratio: float = Field(default=0.10, gt=0, le=1, description="dead / (live + dead)")
     db_dead_tuples_critical_ratio: float = Field(default=0.20, gt=0, le=1)
-    db_dead_tuples_min: int = Field(default=10_000, ge=0, description="dead tuples below which nothing alerts")
+    db_dead_tuples_min: int = Field(default=10_000, ge=0, le=2**62, description="dead tuples below which nothing alerts")
     db_autovacuum_max_age_hours: float = Field(
         default=240.0, gt=0, le=24 * 365, description="vacuum age that alerts while dead tuples pile up"
     )
@@ -367,6 +369,18 @@ def _describe_error(error: ValidationError) -> str:
     return f"Invalid setting {variable}={displayed}: {message}"
 
 
+def _describe_source_error(error: Exception) -> str:
+    found = re.search(r'field "(\w+)"', str(error))
+    field = found.group(1) if found else None
+    if field not in Settings.model_fields:
+        return f"Invalid settings: {error}"
+    variable = _variable(field)
+    value = os.environ.get(variable)
+    where = f"{variable}={value!r}" if value is not None else f"{variable} (in .env)"
+    example = ', for example {"processing_stall": 5}' if field == "alert_rule_for_minutes" else ""
+    return f"Invalid setting {where}: expected a JSON value{example}"
+
+
 _FIELD_BY_ALIAS = {name.upper(): field for field in Settings.model_fields for name in env_names(field)}
 _settings: Settings | None = None
 _settings_lock = threading.Lock()
@@ -417,6 +431,8 @@ def load_settings(**overrides: Any) -> Settings:
         settings = Settings(**overrides)
     except ValidationError as error:
         raise SettingsError(_describe_error(error)) from None
+    except PydanticSettingsError as error:  # a JSON value that does not parse
+        raise SettingsError(_describe_source_error(error)) from None
     _warn_unknown_variables()
     return settings
 
