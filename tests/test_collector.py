@@ -11,6 +11,7 @@ import random
 import threading
 import time
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 
 import numpy as np
 import psycopg
@@ -84,13 +85,30 @@ INVALID_CALLS = [
     ({"tags": ["ok", "\udfff"]}, "but item 1 is"),
     ({"category": "c" * 101}, "Invalid category='ccccc"),
     ({"category": 7}, "Invalid category=7: expected None or a non-blank string of at most 100 characters"),
-    ({"tags": "urgent"}, "Invalid tags='urgent': expected None or a list of strings. Wrap a single tag in a list."),
+    ({"tags": "urgent"}, "Invalid tags='urgent': expected None or a list of at most 100 strings of 1 to 255 "
+                         "characters without NUL or unpaired surrogates. Wrap a single tag in a list."),
     ({"tags": ["a", 1]}, "but item 1 is 1"),
     ({"occurred_at": "2024-01-01"}, "Invalid occurred_at='2024-01-01': expected None or a datetime"),
     ({"occurred_at": 1_700_000_000}, "Invalid occurred_at=1700000000"),
-    ({"occurred_at": datetime(9999, 12, 31, 23, 59)}, "no later than 24 hours from now"),
+    ({"occurred_at": datetime(9999, 12, 31, 23, 59)}, "expected a time from 1970-01-01 00:00 UTC to 24 hours from now"),
     ({"error": 42}, "Invalid error=42: expected None, a string or an exception."),
     ({"batch_id": "b" * 65}, "Invalid batch_id='bbbb"),
+    ({"processing_time_sec": 10**400}, "Invalid processing_time_sec=1000000000"),
+    ({"processing_time_sec": -(10**400)}, "Invalid processing_time_sec=-1000000000"),
+    ({"processing_time_sec": Fraction(10**400)}, "Invalid processing_time_sec=Fraction("),
+    ({"processing_time_sec": 10**5000}, "Invalid processing_time_sec=<int of 16,610 bits>"),
+    ({"element_coverage": 10**400}, "Invalid element_coverage=1000000000"),
+    ({"element_coverage": Fraction(-(10**400))}, "Invalid element_coverage=Fraction(-1000"),
+    ({"feature_count": 10**400}, "Invalid feature_count=1000000000"),
+    ({"unrecoverable_unknown": 10**5000}, "Invalid unrecoverable_unknown=<int of 16,610 bits>"),
+    ({"tags": ["x" * 256]}, "but item 0 is 'xxxxx"),
+    ({"tags": ["x" * 10_000_000]}, "(10000000 characters)"),
+    ({"tags": ["ok", ""]}, "Invalid tags=['ok', '']: expected None or a list of at most 100 strings of 1 to 255 "
+                           "characters without NUL or unpaired surrogates, but item 1 is ''."),
+    ({"tags": ["x"] * 101}, "but it has 101 items"),
+    ({"tags": ["x"] * 100_000}, "but it has 100000 items"),
+    ({"occurred_at": datetime(1, 1, 1, tzinfo=timezone.utc)}, "expected a time from 1970-01-01 00:00 UTC"),
+    ({"occurred_at": datetime(1969, 12, 31, 23, 59, 59)}, "Invalid occurred_at=datetime.datetime(1969, 12, 31"),
 ]
 
 
@@ -104,6 +122,7 @@ def test_invalid_calls_raise_and_record_nothing(collector, libpq_url):
         with pytest.raises(ValueError) as raised:
             collector.record_serialization_sync(**arguments)
         assert expected in str(raised.value), f"{changes}: {raised.value}"
+        assert len(str(raised.value)) <= 400, f"{changes}: message not shortened"
 
     after = collector.get_stats()
     for key in ("totals", "coverage", "processing_time_sec", "unrecoverable_unknown", "success_rate"):
@@ -127,6 +146,137 @@ def test_track_invalid_arguments_raise_before_block(collector):
             tracker.element_coverage = 150
     assert tracker.status == "success"
     assert tracker.element_coverage is None
+
+
+class Text(str):
+    """A plain subclass of str, as some libraries return."""
+
+
+def test_str_subclasses_are_accepted(collector, libpq_url):
+    event_id = collector.record_serialization_sync(
+        np.str_("bracket.prt"), np.str_("part"), np.str_("failure"), 2.0, category=np.str_("brackets"),
+        batch_id=Text("b-1"), error=np.str_("Creo crashed"), tags=[np.str_("creo"), Text("large")],
+    )
+    with collector.track(Text("cover.prt"), Text("assembly"), Text("covers"), tags=(np.str_("x"),)) as tracker:
+        pass
+    batch_id = collector.start_batch_job(name=np.str_("nightly"), batch_id=np.str_("b-2"))
+    collector.update_batch_job(Text("b-2"), name=Text("nightly run"))
+    collector.finish_batch_job(np.str_("b-2"), status=np.str_("completed"))
+
+    assert type(batch_id) is str
+    assert type(tracker.model_name) is str
+    assert type(tracker.category) is str
+    stats = collector.get_stats()
+    assert type(stats["current_model"]) is str
+    assert stats["totals"]["by_type"]["part"]["failure"] == 1
+    assert stats["totals"]["by_type"]["assembly"]["success"] == 1
+    assert all(type(key) is str for key in stats["totals"]["by_category"])
+    assert json.loads(collector.export_json())["totals"]["recorded"] == 2
+    assert collector.flush(10)
+    row = db_rows(libpq_url, """
+        SELECT model_name, model_type, status, category, batch_id, error_message, tags
+        FROM serialmon.serialization_events WHERE event_id = %s""", (event_id,))[0]
+    assert row == ("bracket.prt", "part", "failure", "brackets", "b-1", "Creo crashed", ["creo", "large"])
+    assert db_rows(libpq_url, "SELECT model_type, category, tags FROM serialmon.serialization_events "
+                              "WHERE model_name = 'cover.prt'") == [("assembly", "covers", ["x"])]
+    assert db_rows(libpq_url, "SELECT name, status FROM serialmon.batch_jobs WHERE batch_id = 'b-2'") == [
+        ("nightly run", "completed")
+    ]
+
+
+def test_str_subclass_typo_still_gets_hint(collector):
+    with pytest.raises(ValueError, match="Invalid status='failed'.*Did you mean 'failure'"):
+        collector.record_serialization_sync("a.prt", "part", np.str_("failed"), 1.0)
+    assert collector.get_stats()["totals"]["recorded"] == 0
+
+
+def test_huge_batch_totals_raise_value_error(collector):
+    with pytest.raises(ValueError, match="Invalid total_models=1000000000"):
+        collector.start_batch_job(total_models=10**400)
+    with pytest.raises(ValueError, match="Invalid total_models=<int of 16,610 bits>"):
+        collector.update_batch_job("b", total_models=10**5000)
+    with collector.track("a.prt", "part") as tracker:
+        with pytest.raises(ValueError, match="Invalid element_coverage=1000000000"):
+            tracker.element_coverage = 10**400
+        with pytest.raises(ValueError, match="Invalid feature_count=1000000000"):
+            tracker.feature_count = 10**400
+    with pytest.raises(ValueError, match="Invalid element_coverage=1000000000"):
+        collector.track("b.prt", "part", element_coverage=10**400)
+    assert tracker.element_coverage is None
+    assert collector.get_stats()["running_batches"] == []
+
+
+def test_tags_at_their_bounds_are_stored(collector, libpq_url):
+    tags = [f"{index:03d}" + "x" * 252 for index in range(100)]
+    collector.record_serialization_sync("a.prt", "part", "success", 1.0, tags=tags)
+    with pytest.raises(ValueError, match="but it has 101 items"):
+        collector.track("b.prt", "part", tags=tags + ["one more"])
+    assert collector.flush(10)
+    assert db_rows(libpq_url, "SELECT tags FROM serialmon.serialization_events") == [(tags,)]
+
+
+def test_occurred_at_epoch_is_accepted(collector, libpq_url):
+    epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    collector.record_serialization_sync("a.prt", "part", "success", 1.0, occurred_at=epoch)
+    assert collector.flush(10)
+    assert db_rows(libpq_url, "SELECT occurred_at FROM serialmon.serialization_events") == [(epoch,)]
+
+
+# (details, text the ValueError must contain)
+INVALID_DETAILS = [
+    ({"x": float("nan")}, "NaN"),
+    ({"x": math.inf}, "Infinity"),
+    ({"nested": [1, {"deep": -math.inf}]}, "-Infinity"),
+    ({"x": np.float64("nan")}, "NaN"),
+    ({"x": "a\x00b"}, "NUL"),
+    ({"a\x00": 1}, "NUL"),
+    ({"x": ["\ud800"]}, "unpaired surrogate"),
+    ({"x": "y" * 70_000}, "65,536 bytes"),
+    ({"x": object()}, "not JSON serializable"),
+]
+
+
+def test_batch_details_rejected_before_queueing(collector, libpq_url):
+    for details, expected in INVALID_DETAILS:
+        with pytest.raises(ValueError) as raised:
+            collector.start_batch_job(name="bad", details=details)
+        assert "Invalid details=" in str(raised.value), details
+        assert expected in str(raised.value), f"{details!r}: {raised.value}"
+        assert len(str(raised.value)) <= 400, details
+        with pytest.raises(ValueError, match="Invalid details="):
+            collector.update_batch_job("b-1", details=details)
+    assert collector.get_stats()["running_batches"] == []
+
+    # Nothing was queued: the writer never started, and the database has no batch row.
+    assert collector.get_stats()["writer"]["database"] == "not started"
+    batch_id = collector.start_batch_job(name="good", details={"limit": 1.5, "text": "y" * 65_000})
+    assert collector.flush(10)
+    assert db_rows(libpq_url, "SELECT batch_id, name, details->>'limit' FROM serialmon.batch_jobs") == [
+        (batch_id, "good", "1.5")
+    ]
+
+
+def test_batch_details_at_size_bound_are_stored(collector, libpq_url):
+    details = {"x": ""}
+    details["x"] = "y" * (65_536 - len(json.dumps(details, separators=(",", ":"))))
+    batch_id = collector.start_batch_job(details=details)
+    with pytest.raises(ValueError, match="65,536 bytes"):
+        collector.update_batch_job(batch_id, details={"x": details["x"] + "y"})
+    assert collector.flush(10)
+    assert db_rows(libpq_url, "SELECT details FROM serialmon.batch_jobs") == [(details,)]
+
+
+def test_writer_stats_have_every_key_before_start(collector):
+    before = collector.get_stats()["writer"]
+    assert before == {
+        "database": "not started", "last_error": None, "queued": 0, "persisted": 0, "duplicates": 0,
+        "spilled": 0, "replayed": 0, "rejected": 0, "dropped": 0, "journal_dir": None,
+    }
+    collector.record_serialization_sync("a.prt", "part", "success", 1.0)
+    assert collector.flush(10)
+    after = collector.get_stats()["writer"]
+    assert list(after) == list(before)
+    assert after["persisted"] == 1
 
 
 def test_record_stores_every_field(collector, libpq_url):
@@ -224,11 +374,119 @@ def test_track_interrupt_records_nothing(collector):
         with collector.track("a.prt", "part"):
             raise KeyboardInterrupt
     assert collector.get_stats()["totals"]["recorded"] == 0
+    assert collector.get_stats()["current_model"] is None
 
 
 def test_track_sets_current_model(collector):
     with collector.track("inside.prt", "part"):
         assert collector.get_stats()["current_model"] == "inside.prt"
+    assert collector.get_stats()["current_model"] == "inside.prt"  # now the last recorded
+
+
+async def test_cancelled_track_resets_current_model(collector):
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.05):
+            async with collector.track("timeout.prt", "part"):
+                await asyncio.sleep(10)
+    stats = collector.get_stats()
+    assert stats["current_model"] is None
+    assert stats["totals"]["recorded"] == 0
+
+    collector.record_serialization_sync("done.prt", "part", "success", 1.0)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(_track_forever(collector, "stuck.prt"), 0.05)
+    assert collector.get_stats()["current_model"] == "done.prt"
+    assert collector._heartbeat_info().current_model == "done.prt"
+
+
+async def _track_forever(collector, model_name):
+    async with collector.track(model_name, "part"):
+        await asyncio.sleep(10)
+
+
+def test_current_model_is_latest_open_block(collector):
+    outer = collector.track("outer.asm", "assembly")
+    inner = collector.track("inner.prt", "part")
+    with outer:
+        inner.__enter__()
+        assert collector.get_stats()["current_model"] == "inner.prt"
+        assert inner.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None) is False
+        assert collector.get_stats()["current_model"] == "outer.asm"
+    assert collector.get_stats()["current_model"] == "outer.asm"
+    assert collector.get_stats()["totals"]["recorded"] == 1
+
+
+async def test_timeout_inside_track_records_failure(collector, libpq_url):
+    with pytest.raises(TimeoutError):
+        async with collector.track("slow.prt", "part") as tracker:
+            async with asyncio.timeout(0.05):
+                await asyncio.sleep(10)
+    assert tracker.status == "failure"
+    with pytest.raises(TimeoutError):
+        async with collector.track("slower.prt", "part") as waited:
+            await asyncio.wait_for(asyncio.sleep(10), 0.05)
+    assert waited.status == "failure"
+    assert collector.get_stats()["totals"]["failure"] == 2
+    assert collector.get_stats()["current_model"] == "slower.prt"
+    assert collector.flush(10)
+    rows = db_rows(libpq_url, "SELECT model_name, status, error_type FROM serialmon.serialization_events "
+                              "ORDER BY model_name")
+    assert rows == [("slow.prt", "failure", "TimeoutError"), ("slower.prt", "failure", "TimeoutError")]
+
+
+async def test_timeout_outside_track_recorded_by_caller(collector, libpq_url):
+    tracker = collector.track("slow.prt", "part")
+    with pytest.raises(TimeoutError):
+        try:
+            async with asyncio.timeout(0.05):
+                async with tracker:
+                    await asyncio.sleep(10)
+        except TimeoutError:
+            await collector.record_serialization(
+                "slow.prt", "part", "failure", tracker.processing_time_sec, error="timed out after 0.05 s"
+            )
+            raise
+    assert tracker.status is None  # the block itself recorded nothing
+    assert collector.flush(10)
+    rows = db_rows(libpq_url, "SELECT status, error_message, processing_time_sec FROM serialmon.serialization_events")
+    assert len(rows) == 1
+    assert rows[0][:2] == ("failure", "timed out after 0.05 s")
+    assert 0.05 <= rows[0][2] < 5
+
+
+class Unprintable(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ is broken")
+
+
+def test_track_records_unprintable_exception(collector, libpq_url):
+    error = Unprintable("regeneration failed")
+    with pytest.raises(Unprintable) as raised:
+        with collector.track("crank.prt", "part") as tracker:
+            raise error
+    assert raised.value is error
+    assert tracker.status == "failure"
+    collector.record_serialization_sync("direct.prt", "part", "failure", 1.0, error=Unprintable())
+    assert collector.flush(10)
+    rows = db_rows(libpq_url, "SELECT model_name, error_type, error_message FROM serialmon.serialization_events "
+                              "ORDER BY model_name")
+    assert rows == [
+        ("crank.prt", "Unprintable", "<unprintable Unprintable>"),
+        ("direct.prt", "Unprintable", "<unprintable Unprintable>"),
+    ]
+
+
+def test_track_never_masks_pipeline_exception(collector, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("collector bug")
+
+    monkeypatch.setattr(collector, "record_serialization_sync", broken)
+    error = KeyError("feature 42")
+    with pytest.raises(KeyError) as raised:
+        with collector.track("a.prt", "part"):
+            raise error
+    assert raised.value is error
+    assert collector.get_stats()["current_model"] is None
 
 
 def test_get_stats_match_independent_computation(collector):

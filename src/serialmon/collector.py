@@ -50,10 +50,15 @@ CATEGORY_MAX = 100
 BATCH_ID_MAX = 64
 BATCH_NAME_MAX = 255
 INT_MAX = 2_147_483_647  # the columns are PostgreSQL `integer`
+TAGS_MAX = 100
+TAG_MAX = 255
+DETAILS_MAX_BYTES = 64 * 1024  # max size of a batch's `details` in one call, as compact UTF-8 JSON
 ERROR_MESSAGE_MAX = 4000  # longer messages are cut, with "..." at the end
 # 31 days: no model takes longer, and a bound keeps sums and means of the column finite in SQL.
 PROCESSING_TIME_MAX_SEC = 31 * 24 * 3600
 OCCURRED_AT_MAX_AHEAD_SEC = 24 * 3600
+# A time before 1970 is a default such as `datetime.min`, not the time of a serialization.
+OCCURRED_AT_MIN = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _HOST = socket.gethostname()
 
@@ -78,12 +83,30 @@ _BATCH_STATUS_ALIASES = {
 
 
 def _show(value: Any) -> str:
-    """Return `repr(value)`, shortened for long strings so that messages stay readable."""
-    text = repr(value)
+    """Return `repr(value)` shortened for messages, or a placeholder when repr() fails."""
+    try:
+        text = repr(value)
+    except Exception:  # an int beyond sys.get_int_max_str_digits(), or a broken __repr__
+        if isinstance(value, int):
+            return f"<int of {value.bit_length():,} bits>"
+        return f"<{type(value).__name__} without a printable repr>"
     if len(text) <= 60:
         return text
-    length = f" ({len(value)} characters)" if isinstance(value, str) else ""
+    if isinstance(value, str):
+        length = f" ({len(value)} characters)"
+    elif isinstance(value, int):
+        length = f" ({len(text.lstrip('-'))} digits)"
+    else:
+        length = ""
     return f"{text[:50]}...{length}"
+
+
+def _plain(value: Any) -> Any:
+    """Return an instance of a `str` subclass (such as `numpy.str_`) as a plain `str`, and other values unchanged."""
+    if isinstance(value, str) and type(value) is not str:
+        # str.__str__ copies the characters, whatever the subclass's own __str__ returns.
+        return str.__str__(value)
+    return value
 
 
 def _suggest(value: Any, choices: tuple[str, ...], aliases: dict[str, str]) -> str | None:
@@ -99,7 +122,9 @@ def _suggest(value: Any, choices: tuple[str, ...], aliases: dict[str, str]) -> s
 
 
 def _choice(field: str, value: Any, choices: tuple[str, ...], aliases: dict[str, str]) -> str:
-    if value in choices and type(value) is str:
+    if type(value) is not str:
+        value = _plain(value)
+    if type(value) is str and value in choices:
         return value
     allowed = ", ".join(repr(choice) for choice in choices)
     message = f"Invalid {field}={_show(value)}: expected one of {allowed}."
@@ -123,6 +148,8 @@ def _storable(text: str) -> bool:
 def _text(field: str, value: Any, max_length: int, *, optional: bool) -> str | None:
     if value is None and optional:
         return None
+    if type(value) is not str:
+        value = _plain(value)
     if type(value) is str and 0 < len(value) <= max_length and not value.isspace() and _storable(value):
         return value
     expected = (
@@ -132,13 +159,24 @@ def _text(field: str, value: Any, max_length: int, *, optional: bool) -> str | N
     raise ValueError(f"Invalid {field}={_show(value)}: expected {expected}.")
 
 
+def _finite_float(value: Any) -> float | None:
+    """Return a real number (not `bool`) as a finite float, or None when it is not one or does not fit a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, ValueError, TypeError):  # 10**400, for example
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _seconds(value: Any) -> float:
     kind = type(value)
     if (kind is float or kind is int) and 0 <= value <= PROCESSING_TIME_MAX_SEC:
         return float(value)
-    if (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            and 0 <= value <= PROCESSING_TIME_MAX_SEC):
-        return float(value)
+    number = _finite_float(value)
+    if number is not None and 0 <= number <= PROCESSING_TIME_MAX_SEC:
+        return number
     hint = " Pass seconds as a number, for example 42.5." if isinstance(value, str) else ""
     raise ValueError(
         f"Invalid processing_time_sec={_show(value)}: expected a finite number of seconds "
@@ -151,8 +189,9 @@ def _coverage(value: Any) -> float | None:
         return None
     if type(value) is float and 0 <= value <= 100:
         return value
-    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 100:
-        return float(value)
+    number = _finite_float(value)
+    if number is not None and 0 <= number <= 100:
+        return number
     raise ValueError(
         f"Invalid element_coverage={_show(value)}: expected None or a finite percentage from 0 to 100."
     )
@@ -170,16 +209,24 @@ def _count(field: str, value: Any) -> int | None:
 def _tags(value: Any) -> list[str] | None:
     if value is None:
         return None
-    if isinstance(value, (list, tuple)):
-        for index, tag in enumerate(value):
-            if type(tag) is not str or not _storable(tag):
-                raise ValueError(
-                    f"Invalid tags={_show(value)}: expected None or a list of strings, "
-                    f"but item {index} is {_show(tag)}."
-                )
-        return list(value)
-    hint = " Wrap a single tag in a list." if isinstance(value, str) else ""
-    raise ValueError(f"Invalid tags={_show(value)}: expected None or a list of strings.{hint}")
+    expected = (
+        f"None or a list of at most {TAGS_MAX} strings of 1 to {TAG_MAX} characters "
+        "without NUL or unpaired surrogates"
+    )
+    if not isinstance(value, (list, tuple)):
+        hint = " Wrap a single tag in a list." if isinstance(value, str) else ""
+        raise ValueError(f"Invalid tags={_show(value)}: expected {expected}.{hint}")
+    if len(value) > TAGS_MAX:
+        raise ValueError(f"Invalid tags={_show(value)}: expected {expected}, but it has {len(value)} items.")
+
+    tags = []
+    for index, tag in enumerate(value):
+        tag = _plain(tag)
+        # The length check comes first, so that a huge tag is not encoded to find out.
+        if type(tag) is not str or not 0 < len(tag) <= TAG_MAX or not _storable(tag):
+            raise ValueError(f"Invalid tags={_show(value)}: expected {expected}, but item {index} is {_show(tag)}.")
+        tags.append(tag)
+    return tags
 
 
 def _occurred_at(value: Any, now: float) -> float:
@@ -193,11 +240,11 @@ def _occurred_at(value: Any, now: float) -> float:
             timestamp = value.timestamp()
         except (OverflowError, ValueError, OSError) as error:
             raise ValueError(f"Invalid occurred_at={_show(value)}: {error}.") from None
-        if timestamp > now + OCCURRED_AT_MAX_AHEAD_SEC:
-            # An event far in the future would sit in every "last N minutes" window until then.
+        # An event far in the future would sit in every "last N minutes" window until then.
+        if not OCCURRED_AT_MIN.timestamp() <= timestamp <= now + OCCURRED_AT_MAX_AHEAD_SEC:
             raise ValueError(
-                f"Invalid occurred_at={_show(value)}: expected a time no later than "
-                f"{OCCURRED_AT_MAX_AHEAD_SEC // 3600} hours from now (clock skew between hosts allowed)."
+                f"Invalid occurred_at={_show(value)}: expected a time from 1970-01-01 00:00 UTC to "
+                f"{OCCURRED_AT_MAX_AHEAD_SEC // 3600} hours from now (the margin allows for clock skew between hosts)."
             )
         return timestamp
     raise ValueError(
@@ -211,9 +258,12 @@ def _error(value: Any) -> tuple[str | None, str | None]:
         return None, None
     if isinstance(value, BaseException):
         error_type: str | None = type(value).__name__
-        message = str(value)
+        try:
+            message = str(value)
+        except Exception:  # a broken __str__ must not replace the outcome being recorded
+            message = f"<unprintable {error_type}>"
     elif isinstance(value, str):
-        error_type, message = None, value
+        error_type, message = None, _plain(value)
     else:
         raise ValueError(f"Invalid error={_show(value)}: expected None, a string or an exception.")
     # Exception texts come from anywhere: replace what PostgreSQL cannot store rather than reject the outcome.
@@ -224,22 +274,80 @@ def _error(value: Any) -> tuple[str | None, str | None]:
 
 
 def _details(value: Any) -> dict[str, Any] | None:
+    """Return a plain JSON copy of a batch's `details`, or raise if PostgreSQL's `jsonb` would reject it."""
     if value is None:
         return None
-    if isinstance(value, dict):
-        try:
-            return json.loads(json.dumps(value))
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"Invalid details={_show(value)}: expected a JSON-serializable dict ({error}).") from None
-    raise ValueError(f"Invalid details={_show(value)}: expected None or a JSON-serializable dict.")
+    expected = (
+        "None or a JSON-serializable dict without NaN, Infinity, NUL or unpaired surrogates, "
+        f"at most {DETAILS_MAX_BYTES:,} bytes as compact JSON"
+    )
+    if not isinstance(value, dict):
+        raise ValueError(f"Invalid details={_show(value)}: expected {expected}.")
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as error:  # unserializable, circular or too deeply nested
+        raise ValueError(f"Invalid details={_show(value)}: expected {expected} ({error}).") from None
+
+    # PostgreSQL would reject the whole batch row when the writer stores it, long after this call returned.
+    problem = _jsonb_problem(value)
+    if problem is None and len(text.encode("utf-8")) > DETAILS_MAX_BYTES:
+        problem = f"it is {len(text.encode('utf-8')):,} bytes"
+    if problem is not None:
+        raise ValueError(f"Invalid details={_show(value)}: expected {expected}, but {problem}.")
+    return json.loads(text)
+
+
+def _jsonb_problem(value: Any) -> str | None:
+    """Return where JSON that `json.dumps` accepted has a value `jsonb` cannot store, or None.
+
+    `jsonb` has no NaN or Infinity and stores no NUL or unpaired surrogate in
+    strings. The walk uses a stack, not recursion, because the nesting depth
+    is the caller's.
+    """
+    stack: list[tuple[str, Any]] = [("details", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and not _storable(key):
+                    return f"the key {_show(key)} in {_short_path(path)} contains NUL or an unpaired surrogate"
+                if isinstance(key, float) and not math.isfinite(key):
+                    return f"{_short_path(path)} has the key {_json_float(key)}"
+                stack.append((f"{path}[{_show(key)}]", child))
+        elif isinstance(item, (list, tuple)):
+            stack.extend((f"{path}[{index}]", child) for index, child in enumerate(item))
+        elif isinstance(item, str) and not _storable(item):
+            return f"{_short_path(path)} contains NUL or an unpaired surrogate"
+        elif isinstance(item, float) and not math.isfinite(item):
+            return f"{_short_path(path)} is {_json_float(item)}"
+    return None
+
+
+def _short_path(path: str) -> str:
+    """Return a path such as `details['a'][0]`, with the middle cut out when it is long (deep nesting)."""
+    return path if len(path) <= 120 else f"{path[:60]}...{path[-60:]}"
+
+
+def _json_float(value: float) -> str:
+    """Return the name that `json.dumps` gives a non-finite float: NaN, Infinity or -Infinity."""
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
 
 
 # The collector
 
 
 _live_collectors: weakref.WeakSet[SerializeMetricsCollector] = weakref.WeakSet()
+# get_stats()["writer"] before the first record: the keys of EventWriter.stats(), in its order.
+_WRITER_NOT_STARTED: dict[str, Any] = {
+    "database": "not started", "last_error": None, "queued": 0, "persisted": 0, "duplicates": 0, "spilled": 0,
+    "replayed": 0, "rejected": 0, "dropped": 0, "journal_dir": None,
+}
 # Without os.register_at_fork (Windows), a changed pid is the only sign of a new process.
 _HAS_FORK_HOOK = hasattr(os, "register_at_fork")
+# Numbers of track() blocks; module-wide, so that a block open across a fork keeps a number the child never reuses.
+_block_numbers = itertools.count()
 
 
 class SerializeMetricsCollector:
@@ -279,7 +387,11 @@ class SerializeMetricsCollector:
         # same id only if their random bits match (odds of 2**-60 per pair).
         self._id_prefix = int.from_bytes(os.urandom(8), "big") << 64
         self._id_counter = itertools.count()
-        self._current_model: str | None = None
+        # The track() blocks running now, in entry order (block number -> model name). The latest of
+        # them, or else the last recorded model, is `current_model`.
+        self._open_blocks: dict[int, str] = {}
+        self._open_blocks_lock = threading.Lock()
+        self._last_model: str | None = None
         self._last_batch: str | None = None
         self._running_batches: dict[str, None] = {}  # started here and not finished, in start order
         self._writer: EventWriter | None = None
@@ -312,10 +424,28 @@ class SerializeMetricsCollector:
                 self._writer = writer
             return self._writer
 
+    def _current_model(self) -> str | None:
+        """Return the model of the latest `track()` block still open, or else the last recorded model."""
+        with self._open_blocks_lock:
+            if self._open_blocks:
+                return next(reversed(self._open_blocks.values()))
+        return self._last_model
+
+    def _open_block(self, model_name: str) -> int:
+        """Register a `track()` block that starts now and return its number for `_close_block()`."""
+        number = next(_block_numbers)
+        with self._open_blocks_lock:
+            self._open_blocks[number] = model_name
+        return number
+
+    def _close_block(self, number: int) -> None:
+        with self._open_blocks_lock:
+            self._open_blocks.pop(number, None)
+
     def _heartbeat_info(self) -> HeartbeatInfo:
         running = list(self._running_batches)
         return HeartbeatInfo(
-            current_model=self._current_model,
+            current_model=self._current_model(),
             batch_id=self._last_batch or (running[-1] if running else None),
             events_recorded=self._stats.recorded,
             running_batches=running,
@@ -347,8 +477,10 @@ class SerializeMetricsCollector:
         an exception (its type name and message are stored apart);
         `occurred_at` defaults to now, and a naive datetime is taken as UTC.
         `batch_id` defaults to the latest batch this process started and has
-        not finished. Raises `ValueError` naming the field, the value and what
-        is allowed; then nothing is recorded.
+        not finished. Strings may be `str` subclasses such as `numpy.str_`;
+        they are stored as plain `str`. docs/collector.md lists every bound.
+        Raises `ValueError` naming the field, the value and what is allowed;
+        then nothing is recorded.
         """
         if not _HAS_FORK_HOOK and self._pid != os.getpid():
             self._after_fork_in_child()
@@ -377,7 +509,7 @@ class SerializeMetricsCollector:
             model_type, status, event.processing_time_sec, event.element_coverage, event.category,
             event.unrecoverable_unknown, now,
         )
-        self._current_model = event.model_name
+        self._last_model = event.model_name
         self._last_batch = event.batch_id
         writer.submit(event)
         return event.event_id
@@ -426,8 +558,11 @@ class SerializeMetricsCollector:
         The block succeeds: records "success" (or "skipped" after
         `tracker.skip()`) with the figures attached to the tracker. The block
         raises an `Exception`: records "failure" with the exception's type name
-        and message, and re-raises it. `KeyboardInterrupt`, `SystemExit` and
-        task cancellation record nothing. Arguments are validated here, as in
+        and message, and re-raises it unchanged, even when recording fails or
+        its `__str__` raises. `KeyboardInterrupt`, `SystemExit` and task
+        cancellation record nothing, and that includes an `asyncio.timeout()`
+        or `wait_for()` around the block: put the timeout inside the block to
+        record it as a failure. Arguments are validated here, as in
         `record_serialization_sync()`.
 
             with collector.track("bracket.prt", "part", category="brackets") as tracker:
@@ -455,7 +590,11 @@ class SerializeMetricsCollector:
         Events recorded without a `batch_id` count towards the latest batch
         this process started and has not finished. While the batch runs, the
         writer refreshes its `heartbeat_at` with each heartbeat. When the
-        database is down the row is written later, as events are.
+        database is down the row is written later, as events are. `details`
+        is a JSON-serializable dict without NaN, Infinity, NUL or unpaired
+        surrogates, of at most `DETAILS_MAX_BYTES` as compact UTF-8 JSON.
+        Raises `ValueError` naming the field, the value and what is allowed;
+        then nothing is queued.
         """
         total_models = _count("total_models", total_models)
         name = _text("name", name, BATCH_NAME_MAX, optional=True)
@@ -482,7 +621,7 @@ class SerializeMetricsCollector:
 
         With `heartbeat` (the default) the batch's `heartbeat_at` moves to now.
         Progress counters are not set here: the writer counts the events it
-        stores.
+        stores. Arguments are validated as in `start_batch_job()`.
         """
         batch_id = _text("batch_id", batch_id, BATCH_ID_MAX, optional=False)
         total_models = _count("total_models", total_models)
@@ -515,8 +654,8 @@ class SerializeMetricsCollector:
         `started_at`, `generated_at`, `current_model`, `batch_id`,
         `running_batches`), `totals`, `success_rate`, `failure_rate`,
         `processing_time_sec`, `throughput_per_hour`, `coverage`,
-        `unrecoverable_unknown`, `window` and `writer`; docs/collector.md
-        describes each.
+        `unrecoverable_unknown`, `window` and `writer` (every key of it also
+        before the writer starts); docs/collector.md describes each.
         """
         if isinstance(minutes, bool) or not isinstance(minutes, int) or not 1 <= minutes <= RING_MINUTES:
             raise ValueError(f"Invalid minutes={_show(minutes)}: expected an integer from 1 to {RING_MINUTES}.")
@@ -529,11 +668,11 @@ class SerializeMetricsCollector:
             "pid": self._pid,
             "started_at": datetime.fromtimestamp(started, timezone.utc).isoformat(),
             "generated_at": datetime.now(timezone.utc).isoformat(),
-            "current_model": self._current_model,
+            "current_model": self._current_model(),
             "batch_id": self._default_batch,
             "running_batches": list(self._running_batches),
             **snapshot,
-            "writer": writer.stats() if writer is not None else {"database": "not started", "queued": 0},
+            "writer": writer.stats() if writer is not None else dict(_WRITER_NOT_STARTED),
         }
 
     def export_json(self, minutes: int = 60) -> str:
@@ -629,6 +768,7 @@ class ModelTracker:
         self.status: str | None = None
         self.processing_time_sec: float | None = None
         self._started: float | None = None
+        self._block: int | None = None
 
     @property
     def element_coverage(self) -> float | None:
@@ -693,17 +833,27 @@ class ModelTracker:
     # Context manager protocol
 
     def __enter__(self) -> ModelTracker:
-        self._collector._current_model = self.model_name
+        self._block = self._collector._open_block(self.model_name)
         self._started = time.perf_counter()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> bool:
+        """Record the block's outcome; never suppresses, replaces or masks the block's exception."""
+        try:
+            self._record_outcome(exc)
+        finally:
+            # However the block ended, it no longer names `current_model`.
+            if self._block is not None:
+                self._collector._close_block(self._block)
+        return False
+
+    def _record_outcome(self, exc: BaseException | None) -> None:
         elapsed = time.perf_counter() - (self._started or time.perf_counter())
         self.processing_time_sec = elapsed
         if exc is not None and not isinstance(exc, Exception):
-            return False  # interrupted or cancelled: not an outcome of the model
+            return  # interrupted or cancelled: not an outcome of the model
         if exc is None:
             status = "skipped" if self.skipped else "success"
             error: str | BaseException | None = self.skip_reason if self.skipped else None
@@ -715,12 +865,13 @@ class ModelTracker:
                 unrecoverable_unknown=self._unrecoverable_unknown, feature_count=self._feature_count,
                 batch_id=self.batch_id, error=error, tags=self.tags,
             )
-        except ValueError:
+        except Exception:
             if exc is None:
                 raise
+            # Broad, because the pipeline's exception propagates next and nothing may take its place.
             logger.exception("could not record the failure of %s", self.model_name)
+            return
         self.status = status
-        return False
 
     async def __aenter__(self) -> ModelTracker:
         return self.__enter__()
