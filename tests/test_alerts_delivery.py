@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import email
 import email.policy
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import threading
@@ -278,6 +280,59 @@ async def test_untrusted_certificate_reported(initialized, certificate):
     error = result["failed"][0]["error"]
     assert error.startswith(f"TLS with SMTP server 127.0.0.1:{port} failed: certificate verify failed")
     assert error.endswith("Set SERIALMON_SMTP_CA_FILE for a private CA")
+
+
+async def test_implicit_tls_to_plain_server_hints_starttls(initialized):
+    with smtp_server() as (inbox, port):
+        settings = alert_settings(initialized, alert_window_minutes=10, smtp_host="127.0.0.1", smtp_port=port,
+                                  smtp_security="tls", smtp_timeout_sec=5)
+        burst(settings, T0 - minutes(1))
+        result = await manager(settings).process_alerts(now=T0)
+
+    assert inbox.subjects == []
+    assert result["failed"][0]["error"] == (
+        f"TLS with SMTP server 127.0.0.1:{port} failed: WRONG_VERSION_NUMBER. The server does not speak implicit "
+        "TLS on this port: use SERIALMON_SMTP_SECURITY=starttls, or the server's TLS port (usually 465)"
+    )
+
+
+@pytest.fixture
+def hang_up_server():
+    """Run a TCP server on 127.0.0.1 that reads the first bytes of each connection and closes it. Yields its port."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with connection, contextlib.suppress(OSError):
+                connection.settimeout(5)
+                connection.recv(1024)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+async def test_hang_up_during_tls_handshake_hints_starttls(initialized, hang_up_server):
+    port = hang_up_server
+    settings = alert_settings(initialized, alert_window_minutes=10, smtp_host="127.0.0.1", smtp_port=port,
+                              smtp_security="tls", smtp_timeout_sec=5)
+    burst(settings, T0 - minutes(1))
+    result = await manager(settings).process_alerts(now=T0)
+
+    error = result["failed"][0]["error"]
+    assert error.startswith(f"SMTP server 127.0.0.1:{port} closed the connection before the TLS handshake finished.")
+    assert error.endswith("use SERIALMON_SMTP_SECURITY=starttls, or the server's TLS port (usually 465)")
 
 
 async def test_later_rows_wait_behind_failed_row(initialized):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.message import EmailMessage
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from serialmon.alerts.outbox import OutboxMessage
 
 logger = logging.getLogger(__name__)
+
+_ExceptionT = TypeVar("_ExceptionT", bound=BaseException)
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -296,10 +298,7 @@ def smtp_connection_options(settings: Settings) -> dict[str, Any]:
 
     Raises `ChannelError` for `smtp_security=plain` without `smtp_allow_plain`.
     """
-    security = settings.smtp_security
-    if security == "auto":
-        security = "tls" if settings.smtp_port == 465 else "starttls"
-
+    security = _resolved_security(settings)
     if security == "plain":
         if not settings.smtp_allow_plain:
             raise ChannelError(
@@ -314,6 +313,13 @@ def smtp_connection_options(settings: Settings) -> dict[str, Any]:
     # STARTTLS: required, unless plain text is allowed and the choice was left to `auto`.
     opportunistic = settings.smtp_allow_plain and settings.smtp_security == "auto"
     return {"use_tls": False, "start_tls": None if opportunistic else True, "tls_context": context}
+
+
+def _resolved_security(settings: Settings) -> str:
+    """Return "tls", "starttls" or "plain" for `smtp_security`, deciding `auto` by the port."""
+    if settings.smtp_security == "auto":
+        return "tls" if settings.smtp_port == 465 else "starttls"
+    return settings.smtp_security
 
 
 async def send_smtp(message: EmailMessage, recipients: list[str], settings: Settings) -> None:
@@ -357,11 +363,14 @@ def describe_smtp_error(error: BaseException, settings: Settings) -> str:
             reason = f"certificate verify failed: {tls_error.verify_message}"
         else:
             reason = getattr(tls_error, "reason", None) or _first_line(tls_error)
-        return f"TLS with SMTP server {server} failed: {reason}. Set SERIALMON_SMTP_CA_FILE for a private CA"
+        return f"TLS with SMTP server {server} failed: {reason}. {_tls_hint(tls_error, settings)}"
 
     if isinstance(error, aiosmtplib.SMTPTimeoutError):
         return f"timed out after {settings.smtp_timeout_sec:g} s talking to SMTP server {server}"
     if isinstance(error, aiosmtplib.SMTPConnectError):
+        if _resolved_security(settings) == "tls" and _caused_by(error, ConnectionResetError):
+            # asyncio reports a server that hangs up during the TLS handshake as a reset, not as an SSL error.
+            return f"SMTP server {server} closed the connection before the TLS handshake finished. {_NOT_TLS_HINT}"
         return f"cannot connect to SMTP server {server}: {_first_line(error)}"
 
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
@@ -383,12 +392,45 @@ def describe_smtp_error(error: BaseException, settings: Settings) -> str:
     return f"SMTP with {server} failed: {type(error).__name__}: {_first_line(error)}"
 
 
+# OpenSSL reasons for a handshake whose peer does not reply in TLS. WRONG_VERSION_NUMBER means the
+# server's first bytes are plain text (such as an SMTP greeting), and an EOF means it hung up instead.
+_NOT_TLS_REASONS = frozenset({"WRONG_VERSION_NUMBER", "UNEXPECTED_EOF_WHILE_READING"})
+_NOT_TLS_HINT = (
+    "The server does not speak implicit TLS on this port: use SERIALMON_SMTP_SECURITY=starttls, "
+    "or the server's TLS port (usually 465)"
+)
+
+
+def _tls_hint(tls_error: ssl.SSLError, settings: Settings) -> str:
+    """Return the settings to check after a failed TLS handshake, chosen by the kind of error."""
+    if isinstance(tls_error, ssl.SSLCertVerificationError):
+        return "Set SERIALMON_SMTP_CA_FILE for a private CA"
+
+    text = str(tls_error).lower()
+    not_tls = (
+        isinstance(tls_error, ssl.SSLEOFError)
+        or getattr(tls_error, "reason", None) in _NOT_TLS_REASONS
+        or "wrong version number" in text
+        or "unexpected eof" in text
+    )
+    if not_tls and _resolved_security(settings) == "tls":
+        return _NOT_TLS_HINT
+    if not_tls:
+        return "The server did not reply in TLS after STARTTLS: check SMTP_PORT and SERIALMON_SMTP_SECURITY"
+    return "Check SMTP_PORT and SERIALMON_SMTP_SECURITY against the server's TLS settings"
+
+
 def _ssl_cause(error: BaseException) -> ssl.SSLError | None:
     """Return the TLS error behind `error` (aiosmtplib wraps it in a connect error), or None."""
+    return _caused_by(error, ssl.SSLError)
+
+
+def _caused_by(error: BaseException, kind: type[_ExceptionT]) -> _ExceptionT | None:
+    """Return the first exception of type `kind` in `error`'s chain of causes (at most 10 deep), or None."""
     seen = 0
     current: BaseException | None = error
     while current is not None and seen < 10:
-        if isinstance(current, ssl.SSLError):
+        if isinstance(current, kind):
             return current
         current = current.__cause__ or current.__context__
         seen += 1
