@@ -518,12 +518,13 @@ def test_snapshot_reports_refresh_failure_and_still_answers(settings, libpq_url)
     assert snapshot["by_status"]["failure"] == 1
 
 
-def run_cli(database_url, *args):
+def run_cli(database_url, *args, extra_env=None):
     env = {
         key: value for key, value in os.environ.items()
         if not key.startswith(("SERIALMON_", "SMTP_", "ALERT_")) and key not in ("DATABASE_URL", "MODEL_DATA_DB_URL")
     }
     env["DATABASE_URL"] = database_url
+    env.update(extra_env or {})
     return subprocess.run(
         [sys.executable, "-m", "serialmon.cli", *args], capture_output=True, text=True, env=env, timeout=120,
     )
@@ -579,6 +580,24 @@ def test_refresh_command_reports_rows(initialized, database_url, libpq_url):
 
     assert result.returncode == 0, result.stderr
     assert "read 2 new or changed rows (2 new, 0 changed, 1 with unknown quality)" in result.stdout
+
+
+def test_status_missing_table_is_one_line(initialized, database_url):
+    missing = {"SERIALMON_MODELS_TABLE": "nope"}
+    report = run_cli(database_url, "db-report", extra_env=missing)
+    expected = (
+        'Error: The monitored table "public"."nope" does not exist in this database. '
+        "Set SERIALMON_MODELS_SCHEMA / SERIALMON_MODELS_TABLE, or run `serialmon init --create-models-table`."
+    )
+    assert report.returncode == 2
+    assert report.stderr.splitlines() == [expected]
+
+    for args in (("status",), ("status", "--json"), ("status", "--no-refresh")):
+        result = run_cli(database_url, *args, extra_env=missing)
+
+        assert result.returncode == 2, args
+        assert result.stderr.splitlines() == [expected], args
+        assert result.stdout == "", args
 
 
 def test_status_unreachable_database_is_one_line(tmp_path):

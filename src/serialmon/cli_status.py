@@ -42,6 +42,7 @@ def status_command(
     from serialmon.cli import console
     from serialmon.config import get_settings
     from serialmon.db import connect
+    from serialmon.monitor.space import resolve_relation
     from serialmon.readmodel import Filters, get_snapshot
 
     try:
@@ -51,6 +52,9 @@ def status_command(
 
     settings = get_settings()
     with _ledger_progress() as progress, connect(settings) as conn:
+        # Without the monitored table the snapshot would still print figures, from a ledger it cannot
+        # refresh, so a wrong SERIALMON_MODELS_TABLE ends here with db-report's `MissingTable` message.
+        resolve_relation(conn, settings)
         snapshot = get_snapshot(
             conn, settings, minutes=minutes, filters=filters, refresh=not no_refresh,
             progress=progress, recent_limit=recent,
