@@ -10,8 +10,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from serialmon import get_alert_manager
 from serialmon.alerts import AlertManager
-from serialmon.config import load_settings
+from serialmon.config import load_settings, set_settings
 from serialmon.db import create_async, get_engine
+from serialmon.errors import MissingTable, SettingsError
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:1/none"
 
 
 def burst(settings, at):
@@ -98,6 +101,12 @@ async def test_history_newest_first_and_by_key(initialized):
         ({"rule": "high_failure_rate", "duration": -5, "reason": "x"}, "duration must be positive"),
         ({"rule": "high_failure_rate", "until": T0 - minutes(1), "reason": "x"}, "until must be in the future"),
         ({"rule": "high_failure_rate", "until": datetime(2030, 1, 1), "reason": "x"}, "until must be timezone-aware"),
+        ({"rule": "high_failure_rate", "duration": 1e20, "reason": "x"}, "duration must be at most 365 days"),
+        ({"rule": "high_failure_rate", "duration": timedelta(days=366), "reason": "x"},
+         "duration must be at most 365 days"),
+        ({"rule": "high_failure_rate", "duration": float("nan"), "reason": "x"}, "duration must be positive"),
+        ({"rule": "high_failure_rate", "until": T0 + timedelta(days=366), "reason": "x"},
+         "until must be at most 365 days after now"),
     ],
 )
 async def test_silence_rejects_invalid_arguments(arguments, message):
@@ -142,3 +151,90 @@ async def test_naive_now_rejected():
     alerts = AlertManager(load_settings(database_url="postgresql://nobody@127.0.0.1:1/none"))
     with pytest.raises(ValueError, match="now must be timezone-aware"):
         await alerts.process_alerts(now=datetime(2025, 1, 1))
+
+
+async def test_silence_of_365_days_accepted(initialized):
+    alerts = manager(alert_settings(initialized))
+
+    silence = await alerts.silence("high_failure_rate", duration=timedelta(days=365), reason="x", now=T0)
+
+    assert silence["ends_at"] == T0 + timedelta(days=365)
+
+
+async def test_expected_rule_error_logged_without_traceback(initialized, caplog):
+    def missing_table(conn, settings):
+        raise MissingTable("The monitored table public.nope does not exist.", "Set SERIALMON_MODELS_TABLE.")
+
+    settings = alert_settings(initialized, alert_window_minutes=10)
+    burst(settings, T0 - minutes(1))
+
+    with caplog.at_level("INFO", logger="serialmon.alerts.manager"):
+        result = await manager(settings, condition_source=missing_table).process_alerts(now=T0)
+
+    database = [rule for rule in result["rules"] if rule["rule"] == "database"]
+    assert database == [{"rule": "database", "ok": False, "alerts": 0,
+                         "error": "The monitored table public.nope does not exist. Set SERIALMON_MODELS_TABLE."}]
+    assert [t["alert_key"] for t in result["transitions"]] == ["high_failure_rate"]
+    logged = [record for record in caplog.records if "not evaluated" in record.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].levelname == "WARNING"
+    assert logged[0].exc_info is None
+    assert "\n" not in logged[0].getMessage()
+
+
+async def test_unexpected_rule_error_keeps_traceback(initialized, caplog):
+    def broken(conn, settings):
+        raise RuntimeError("boom\nsecond line")
+
+    settings = alert_settings(initialized, alert_window_minutes=10)
+
+    with caplog.at_level("INFO", logger="serialmon.alerts.manager"):
+        result = await manager(settings, condition_source=broken).process_alerts(now=T0)
+
+    database = [rule for rule in result["rules"] if rule["rule"] == "database"]
+    assert database[0]["error"] == "RuntimeError: boom"
+    logged = [record for record in caplog.records if "not evaluated" in record.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].levelname == "ERROR"
+    assert logged[0].exc_info is not None
+
+
+def test_rule_for_minutes_rejects_unknown_rule():
+    settings = load_settings(database_url=UNREACHABLE, alert_rule_for_minutes={"no_such_rule": 5})
+
+    with pytest.raises(SettingsError) as raised:
+        AlertManager(settings)
+
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith("Invalid setting SERIALMON_ALERT_RULE_FOR_MINUTES: unknown rule 'no_such_rule'.")
+    assert "did you mean" not in message
+    assert "Known rules: coverage_anomaly, db_autovacuum," in message
+    for rule in ("high_failure_rate", "low_element_coverage", "processing_stall", "db_bloat", "db_table_size"):
+        assert rule in message
+
+
+def test_rule_for_minutes_suggests_close_match():
+    settings = load_settings(database_url=UNREACHABLE, alert_rule_for_minutes={"procesing_stall": 5, "db_blaot": 1})
+
+    with pytest.raises(SettingsError, match="unknown rules 'db_blaot' \\(did you mean 'db_bloat'\\?\\), "
+                                            "'procesing_stall' \\(did you mean 'processing_stall'\\?\\)"):
+        AlertManager(settings)
+
+
+def test_rule_for_minutes_accepts_every_known_rule():
+    names = ["coverage_anomaly", "db_bloat", "db_table_size", "high_failure_rate", "processing_stall"]
+    settings = load_settings(database_url=UNREACHABLE, alert_rule_for_minutes={name: 5 for name in names})
+
+    alerts = AlertManager(settings)
+
+    assert alerts.settings.alert_rule_for_minutes == {name: 5 for name in names}
+    assert set(names) <= set(alerts.known_rules())
+
+
+def test_rule_for_minutes_checked_in_replaced_settings(settings):
+    alerts = AlertManager()
+    set_settings(load_settings(database_url=UNREACHABLE, alert_rule_for_minutes={"nope": 5}))
+
+    with pytest.raises(SettingsError, match="unknown rule 'nope'"):
+        alerts.settings  # noqa: B018 - reading the property runs the check

@@ -18,17 +18,28 @@ _STATIC_RULES = "low_element_coverage, high_failure_rate, processing_stall, cove
 
 
 def parse_duration(value: str) -> timedelta:
-    """Parse a duration such as "30m", "2h", "1h30m", "1d" or "45s"; raises `SerialmonError` otherwise."""
+    """Parse a silence duration such as "30m", "2h", "1h30m", "1d" or "45s".
+
+    Raises `SerialmonError` for other text, for zero, and for more than the
+    longest silence (`SILENCE_MAX`, 365 days).
+    """
+    from serialmon.alerts.manager import SILENCE_MAX
+
     cleaned = value.strip().lower().replace(" ", "")
     match = _DURATION.match(cleaned)
     if not cleaned or match is None or not any(match.groupdict().values()):
         raise SerialmonError(f"Invalid duration {value!r}.", "Use a number with a unit: 30m, 2h, 1h30m or 1d.")
     parts = {key: float(number) for key, number in match.groupdict().items() if number}
-    span = timedelta(days=parts.get("d", 0), hours=parts.get("h", 0), minutes=parts.get("m", 0),
-                     seconds=parts.get("s", 0))
-    if span <= timedelta(0):
+    # Summed in seconds first, because timedelta() overflows for a huge number of days.
+    seconds = parts.get("d", 0) * 86_400 + parts.get("h", 0) * 3_600 + parts.get("m", 0) * 60 + parts.get("s", 0)
+    if seconds <= 0:
         raise SerialmonError(f"Invalid duration {value!r}: it must be longer than zero.")
-    return span
+    if seconds > SILENCE_MAX.total_seconds():
+        raise SerialmonError(
+            f"Invalid duration {value!r}: it must be at most {SILENCE_MAX.days}d.",
+            "Use a shorter duration, such as 7d or 30d.",
+        )
+    return timedelta(seconds=seconds)
 
 
 def _time(moment: datetime | None) -> str:
@@ -115,7 +126,8 @@ def register(app: typer.Typer) -> None:
     def run_command(
         once: bool = typer.Option(False, "--once", help="Evaluate once, deliver, and exit."),
         interval: Optional[float] = typer.Option(
-            None, "--interval", min=1.0, help="Seconds between evaluations (default SERIALMON_ALERT_INTERVAL_SEC)."
+            None, "--interval", min=1.0, max=86_400.0,
+            help="Seconds between evaluations, 1 to 86400 (default SERIALMON_ALERT_INTERVAL_SEC).",
         ),
     ) -> None:
         """Evaluate every rule and deliver notifications, once or in a loop until Ctrl-C."""
@@ -123,10 +135,10 @@ def register(app: typer.Typer) -> None:
 
         if once and interval is not None:
             fail("--once and --interval cannot be combined: --once evaluates a single time.")
+        manager = _manager()
         for line in _describe_channels():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
-        manager = _manager()
         if once:
             _print_result(asyncio.run(manager.process_alerts()))
             return
@@ -253,9 +265,10 @@ def register(app: typer.Typer) -> None:
         """Send one test e-mail through the configured SMTP server, or write it as a .eml file."""
         from serialmon.cli import console, fail
 
+        manager = _manager()
         for line in _describe_channels()[:1]:
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-        result = asyncio.run(_manager().send_test_email())
+        result = asyncio.run(manager.send_test_email())
         if not result.ok:
             fail(escape(f"Test e-mail not delivered: {result.error}"), code=1)
         if result.detail and result.detail.endswith(".eml"):

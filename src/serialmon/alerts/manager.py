@@ -13,7 +13,9 @@ Every query is written against a synchronous `Connection` and runs through
 from __future__ import annotations
 
 import asyncio
+import difflib
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -27,13 +29,16 @@ from serialmon.alerts import silences as silence_store
 from serialmon.alerts import state as state_store
 from serialmon.alerts.rules import ConditionSource, Rule, RuleResult, RuleUnavailable, default_rules, for_minutes
 from serialmon.alerts.state import FIRING, PENDING, AlertState, Notice, Transition, advance, alert_key
-from serialmon.config import Settings, get_settings
+from serialmon.config import Settings, env_names, get_settings
 from serialmon.db import AnySession, Names, arun, names
-from serialmon.errors import SerialmonError
+from serialmon.errors import SerialmonError, SettingsError
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
+
+# The longest silence: a rule that should stay quiet for longer needs its threshold or setting changed.
+SILENCE_MAX = timedelta(days=365)
 
 
 def utc_now() -> datetime:
@@ -58,6 +63,10 @@ class AlertManager:
     `check_conditions`. `clock` returns the current time (timezone-aware);
     every method also takes `now=` to drive time in tests.
 
+    Raises `SettingsError` when `alert_rule_for_minutes` names a rule that
+    none of the rule groups has: at creation, and at the first use of a
+    process-wide settings object that replaced the one checked before.
+
         manager = get_alert_manager()
         result = await manager.process_alerts()
         print(result["transitions"], result["sent"])
@@ -75,14 +84,39 @@ class AlertManager:
         self._rules = rules if rules is not None else default_rules(condition_source)
         self._clock = clock or utc_now
         self._logged_rule_errors: set[tuple[str, str]] = set()
+        self._checked_settings: Settings | None = None
+        self._check_settings(settings or get_settings())
 
     @property
     def settings(self) -> Settings:
-        return self._settings or get_settings()
+        settings = self._settings or get_settings()
+        if settings is not self._checked_settings:
+            self._check_settings(settings)
+        return settings
 
     @property
     def rules(self) -> list[Rule]:
         return list(self._rules)
+
+    def known_rules(self) -> list[str]:
+        """Return the sorted names of every rule of the rule groups: what silences and settings may name."""
+        return sorted({name for group in self._rules for name in group.rules})
+
+    def _check_settings(self, settings: Settings) -> None:
+        """Reject rule names in `alert_rule_for_minutes` that no rule group has; a typo would keep the default."""
+        known = self.known_rules()
+        unknown = sorted(set(settings.alert_rule_for_minutes) - set(known))
+        if unknown:
+            described = []
+            for name in unknown:
+                close = difflib.get_close_matches(name, known, n=1)
+                described.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+            noun = "rule" if len(unknown) == 1 else "rules"
+            raise SettingsError(
+                f"Invalid setting {env_names('alert_rule_for_minutes')[0]}: unknown {noun} {', '.join(described)}.",
+                f"Known rules: {', '.join(known)}.",
+            )
+        self._checked_settings = settings
 
     def _now(self, now: datetime | None) -> datetime:
         moment = now or self._clock()
@@ -202,8 +236,15 @@ class AlertManager:
             self._log_rule_error(rule.source, str(error), logging.INFO)
             evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": str(error)})
             return None
+        except SerialmonError as error:
+            # An expected problem with its fix, such as `MissingTable`: the message is the whole story.
+            reason = _one_line(str(error)) or type(error).__name__
+            self._log_rule_error(rule.source, reason, logging.WARNING)
+            evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": reason})
+            return None
         except Exception as error:  # noqa: BLE001 - one broken rule must not stop the others
-            reason = f"{type(error).__name__}: {str(getattr(error, 'orig', None) or error).strip().splitlines()[0]}"
+            detail = _one_line(str(getattr(error, "orig", None) or error))
+            reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
             self._log_rule_error(rule.source, reason, logging.ERROR, error)
             evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": reason})
             return None
@@ -328,7 +369,8 @@ class AlertManager:
 
         `duration` is a timedelta or seconds. Raises `ValueError` naming the
         argument when `rule` is not a known rule name or `reason` is empty, when neither or both of
-        `until` and `duration` are given, or when the end is not in the future.
+        `until` and `duration` are given, or when the end is not in the future
+        or more than `SILENCE_MAX` (365 days) after `now`.
         Returns the silence as a dict (`id`, `rule`, `scope`, `reason`,
         `created_by`, `starts_at`, `ends_at`, `created_at`, `active`).
         """
@@ -336,7 +378,7 @@ class AlertManager:
         rule = (rule or "").strip()
         if not rule or len(rule) > 100:
             raise ValueError(f"rule must be 1-100 characters, got {rule!r}")
-        known = sorted({name for group in self._rules for name in group.rules})
+        known = self.known_rules()
         if rule != "*" and rule not in known:
             # A misspelt rule would silence nothing, without any sign of it.
             raise ValueError(f"unknown rule {rule!r}: expected '*' or one of {', '.join(known)}")
@@ -433,16 +475,30 @@ class AlertManager:
         logger.info("alert loop stopped after %d evaluation(s)", done)
 
 
+def _one_line(message: str) -> str:
+    """Return the first line of `message`, or "" when it is empty."""
+    stripped = message.strip()
+    return stripped.splitlines()[0] if stripped else ""
+
+
 def _silence_end(now: datetime, until: datetime | None, duration: timedelta | float | None) -> datetime:
     if (until is None) == (duration is None):
         raise ValueError("give exactly one of until and duration")
     if duration is not None:
-        span = duration if isinstance(duration, timedelta) else timedelta(seconds=float(duration))
-        if span <= timedelta(0):
-            raise ValueError(f"duration must be positive, got {span}")
-        return now + span
+        seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+        if math.isnan(seconds) or seconds <= 0:
+            raise ValueError(f"duration must be positive, got {duration}")
+        # Checked in seconds first: timedelta() itself overflows for a huge number.
+        if seconds > SILENCE_MAX.total_seconds():
+            raise ValueError(f"duration must be at most {SILENCE_MAX.days} days, got {duration}")
+        return now + (duration if isinstance(duration, timedelta) else timedelta(seconds=seconds))
     if until.tzinfo is None:
         raise ValueError(f"until must be timezone-aware, got {until!r}")
     if until <= now:
         raise ValueError(f"until must be in the future, got {until.isoformat()} (now {now.isoformat()})")
+    if until - now > SILENCE_MAX:
+        raise ValueError(
+            f"until must be at most {SILENCE_MAX.days} days after now, got {until.isoformat()} "
+            f"(now {now.isoformat()})"
+        )
     return until
