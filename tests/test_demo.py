@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import psycopg
 import pytest
+from alerts_support import successes
 
+from serialmon.demo import _replay_alerts
 from serialmon.embedded import EmbeddedServer
 
 
@@ -65,3 +69,21 @@ def test_demo_runs_twice(demo_home, tmp_path):
         result = run_cli("demo", "--no-dashboard", "--models", "200", env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "models simulated / recorded  200 / 200" in result.stdout
+
+
+def test_replay_tells_reminders_from_escalations(initialized):
+    # Coverage 70 % (warning below 80 %) for five hours, then 30 % (critical below 50 %) in the last hour:
+    # the warning fires, gets a reminder after `alert_repeat_minutes` (240), then escalates once.
+    now = datetime.now(timezone.utc)
+    for minutes_ago in range(330, 0, -5):
+        coverage = 30.0 if minutes_ago <= 60 else 70.0
+        successes(initialized, 2, coverage, now - timedelta(minutes=minutes_ago))
+
+    _, transitions, _ = asyncio.run(_replay_alerts(initialized))
+
+    kinds = [kind for key, kind in transitions if key == "low_element_coverage"]
+    assert kinds.count("firing") == 1
+    assert kinds.count("escalated") == 1
+    assert "reminder" in kinds
+    assert kinds.index("firing") < kinds.index("reminder") < kinds.index("escalated")
+    assert [key for key, kind in transitions if kind == "escalated"] == ["low_element_coverage"]

@@ -74,6 +74,7 @@ def _print_summary(result, port: int | None) -> None:
     table.add_row("alert evaluations", str(result.alert_evaluations))
     table.add_row("alerts fired", escape(", ".join(result.alerts_fired)) or "-")
     table.add_row("alerts escalated", escape(", ".join(result.alerts_escalated)) or "-")
+    table.add_row("alert reminders", escape(", ".join(result.alerts_reminded)) or "-")
     table.add_row("alerts resolved", escape(", ".join(result.alerts_resolved)) or "-")
     if result.smtp:
         table.add_row("e-mails sent", f"{result.notifications_sent} through SMTP")

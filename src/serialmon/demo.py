@@ -43,6 +43,7 @@ class DemoResult:
     alert_evaluations: int
     alerts_fired: list[str] = field(default_factory=list)
     alerts_escalated: list[str] = field(default_factory=list)
+    alerts_reminded: list[str] = field(default_factory=list)
     alerts_resolved: list[str] = field(default_factory=list)
     emails: list[Path] = field(default_factory=list)
     notifications_sent: int = 0
@@ -138,6 +139,7 @@ def run_demo(
         alert_evaluations=evaluations,
         alerts_fired=sorted({key for key, change in transitions if change == "firing"}),
         alerts_escalated=sorted({key for key, change in transitions if change == "escalated"}),
+        alerts_reminded=sorted({key for key, change in transitions if change == "reminder"}),
         alerts_resolved=sorted({key for key, change in transitions if change == "resolved"}),
         emails=sorted(after - before),
         notifications_sent=sent,
@@ -172,7 +174,8 @@ def _reset_collector() -> None:
 async def _replay_alerts(settings: Settings) -> tuple[int, list[tuple[str, str]], int]:
     """Evaluate every rule at steps along the simulated clock, then once at the real time.
 
-    Returns (evaluations, [(alert key, transition)], notifications sent).
+    Returns (evaluations, [(alert key, transition kind)], notifications sent),
+    with the kinds of `_transition_kind`.
     """
     from serialmon.alerts import AlertManager
 
@@ -193,19 +196,38 @@ async def _replay_alerts(settings: Settings) -> tuple[int, list[tuple[str, str]]
         steps.append(clock)
         clock += ALERT_STEP
     steps.append(now)
+    severities: dict[str, str | None] = {}
     for moment in steps:
         outcome = await manager.process_alerts(send_notifications=True, now=moment)
         evaluations += 1
         for change in outcome.get("transitions", []):
-            transitions.append((change["alert_key"], _transition_kind(change)))
+            key = change["alert_key"]
+            transitions.append((key, _transition_kind(change, severities.get(key))))
+            severities[key] = change["severity"]
         sent += len(outcome.get("sent", []))
     return evaluations, transitions, sent
 
 
-def _transition_kind(change: dict[str, Any]) -> str:
-    if change.get("kind"):
-        return str(change["kind"])
-    to_state = change.get("to_state")
-    if to_state == "firing" and change.get("from_state") == "firing":
+def _transition_kind(change: dict[str, Any], previous_severity: str | None) -> str:
+    """Classify one transition dict of `process_alerts()` as `serialmon alerts history` shows it.
+
+    A firing -> firing row is "escalated" only when the severity rose from
+    `previous_severity` (the key's severity at its previous transition),
+    "de-escalated" when it fell, "reminder" when it carries a reminder, and
+    "notified" when it only records a notification sent late (after a
+    silence or a cooldown). Other rows are named by their new state.
+    """
+    from serialmon.alerts.rules import SEVERITY_RANK
+
+    if not (change["from_state"] == "firing" and change["to_state"] == "firing"):
+        return str(change["to_state"])
+
+    rank = SEVERITY_RANK.get(change["severity"] or "", 0)
+    previous_rank = SEVERITY_RANK.get(previous_severity or "", 0)
+    if previous_severity is not None and rank > previous_rank:
         return "escalated"
-    return str(to_state)
+    if previous_severity is not None and rank < previous_rank:
+        return "de-escalated"
+    if change["notification"] == "reminder":
+        return "reminder"
+    return "notified"
