@@ -270,7 +270,7 @@ def _print_snapshot(console: Any, snapshot: dict[str, Any]) -> None:
     ledger = snapshot["ledger"]
     if ledger["error"]:
         console.print(
-            f"[yellow]Ledger not refreshed:[/] {escape(ledger['error'])}. Quality figures may be out of date."
+            f"[yellow]Ledger not refreshed:[/] {escape(ledger['error'].rstrip('.'))}. Quality figures may be out of date."
         )
     refreshed = ledger["refresh"]
     read = f", this refresh read {refreshed['rows_read']:,} changed rows" if refreshed else ""

@@ -27,7 +27,7 @@ def render(source: Source, view: ViewFilters) -> None:
             "Widen the time range in the sidebar, or clear a filter."
         )
     if snapshot["ledger"]["error"]:
-        st.warning(f"The quality ledger was not refreshed: {snapshot['ledger']['error']}. Quality figures may be old.")
+        st.warning(f"The quality ledger was not refreshed: {snapshot['ledger']['error'].rstrip('.')}. Quality figures may be old.")
 
     st.subheader("Batch jobs")
     batch_progress(snapshot["batches"])
