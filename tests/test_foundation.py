@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 from sqlalchemy import text
@@ -199,6 +200,38 @@ def test_embedded_server_started_once_per_process(tmp_path, monkeypatch):
     finally:
         server.stop()
         db._started_embedded.discard(server.data_dir)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_waits_for_running_program():
+    """A fork during a PostgreSQL program run would copy subprocess's pipe into the child and hang the parent."""
+    import sys
+    import threading
+    import time
+
+    from serialmon.embedded import _run_program
+
+    finished = []
+
+    def run() -> None:
+        _run_program([sys.executable, "-c", "import time; time.sleep(1.0)"], check=True, timeout=60)
+        finished.append(time.monotonic())
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.3)  # the program is running now
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, repr(time.monotonic()).encode())
+        os._exit(0)
+    os.close(write_end)
+    forked_at = float(os.read(read_end, 100))
+    os.close(read_end)
+    os.waitpid(pid, 0)
+    thread.join(60)
+    assert finished, "the program run did not end"
+    assert forked_at >= finished[0]
 
 
 def test_init_is_idempotent_and_creates_tables(settings):

