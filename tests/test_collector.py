@@ -279,6 +279,15 @@ def test_writer_stats_have_every_key_before_start(collector):
     assert after["persisted"] == 1
 
 
+def test_writer_stats_kept_after_close(collector):
+    for index in range(5):
+        collector.record_serialization_sync(f"m{index}.prt", "part", "success", 1.0)
+    assert collector.close(30)
+    closed = collector.get_stats()["writer"]
+    assert closed["persisted"] == 5
+    assert closed["database"] == "ok"
+    assert closed["queued"] == 0
+
 def test_record_stores_every_field(collector, libpq_url):
     occurred = datetime(2024, 5, 1, 12, 30, 15, 250000)  # naive: taken as UTC
     event_id = collector.record_serialization_sync(

@@ -395,6 +395,7 @@ class SerializeMetricsCollector:
         self._last_batch: str | None = None
         self._running_batches: dict[str, None] = {}  # started here and not finished, in start order
         self._writer: EventWriter | None = None
+        self._closed_writer_stats: dict[str, Any] | None = None  # what get_stats() shows after close()
         self._closed = False
 
     def _after_fork_in_child(self) -> None:
@@ -672,7 +673,7 @@ class SerializeMetricsCollector:
             "batch_id": self._default_batch,
             "running_batches": list(self._running_batches),
             **snapshot,
-            "writer": writer.stats() if writer is not None else dict(_WRITER_NOT_STARTED),
+            "writer": writer.stats() if writer is not None else dict(self._closed_writer_stats or _WRITER_NOT_STARTED),
         }
 
     def export_json(self, minutes: int = 60) -> str:
@@ -714,7 +715,8 @@ class SerializeMetricsCollector:
         """Write what is queued, send the last heartbeat (`stopped_at`) and stop the writer thread.
 
         Returns False when the writer did not finish within `timeout` seconds;
-        what it had not written is then journaled. Recording after `close()`
+        what it had not written is then journaled. Afterwards `get_stats()["writer"]`
+        keeps the closed writer's final counts. Recording after `close()`
         starts a new writer. Runs for every open collector at interpreter exit.
         """
         with self._lock:
@@ -722,7 +724,9 @@ class SerializeMetricsCollector:
             self._closed = True
         if writer is None:
             return True
-        return writer.close(timeout)
+        closed = writer.close(timeout)
+        self._closed_writer_stats = writer.stats()
+        return closed
 
     def __enter__(self) -> SerializeMetricsCollector:
         return self
