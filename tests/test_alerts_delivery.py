@@ -296,6 +296,23 @@ async def test_implicit_tls_to_plain_server_hints_starttls(initialized):
     )
 
 
+
+def test_doctor_smtp_gives_delivery_hint(initialized):
+    from serialmon.doctor import check_smtp
+
+    with smtp_server() as (inbox, port):
+        wrong = alert_settings(initialized, smtp_host="127.0.0.1", smtp_port=port, smtp_security="tls",
+                               smtp_timeout_sec=5)
+        failed = check_smtp(wrong)
+        plain = alert_settings(initialized, smtp_host="127.0.0.1", smtp_port=port, smtp_security="plain",
+                               smtp_allow_plain=True, smtp_timeout_sec=5)
+        reachable = check_smtp(plain)
+
+    assert failed.status == "fail"
+    assert "does not speak implicit TLS on this port" in failed.detail
+    assert reachable.status == "ok"
+    assert inbox.subjects == []  # doctor sends no mail
+
 @pytest.fixture
 def hang_up_server():
     """Run a TCP server on 127.0.0.1 that reads the first bytes of each connection and closes it. Yields its port."""

@@ -219,10 +219,14 @@ def check_smtp(settings: Settings) -> Check:
     try:
         detail = asyncio.run(_probe_smtp(settings))
     except Exception as error:  # noqa: BLE001 - reported with its reason
-        reason = str(error).replace(settings.smtp_password.get_secret_value(), "***") if settings.smtp_password \
-            else str(error)
+        from serialmon.alerts.notify import describe_smtp_error
+
+        # The same reason and hint as a failed delivery; the password is masked in case a server echoes it.
+        reason = describe_smtp_error(error, settings)
+        if settings.smtp_password:
+            reason = reason.replace(settings.smtp_password.get_secret_value(), "***")
         return Check(
-            "smtp", "fail", f"{settings.smtp_host}:{settings.smtp_port}: {type(error).__name__}: {reason}",
+            "smtp", "fail", reason,
             "Check SMTP_HOST, SMTP_PORT, SMTP_USER, SMTP_PASSWORD and SERIALMON_SMTP_SECURITY.",
         )
     if not settings.alert_to_emails:
