@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from serialmon.config import Settings, get_settings, mask_url, normalize_url
 from serialmon.embedded import default_server
-from serialmon.errors import DatabaseUnavailable
+from serialmon.errors import DatabaseUnavailable, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def _own_connection(settings: Settings | None) -> Iterator[Connection]:
         if _is_connect_failure(error):
             raise DatabaseUnavailable(
                 f"Cannot connect to the database at {describe_url(engine.url.render_as_string())}: "
-                f"{_first_line(error)}.",
+                f"{first_line(error)}.",
                 "Check MODEL_DATA_DB_URL / DATABASE_URL and that the server is running (`serialmon doctor`).",
             ) from error
         raise
@@ -223,11 +223,6 @@ def _own_connection(settings: Settings | None) -> Iterator[Connection]:
 
 def _is_connect_failure(error: OperationalError) -> bool:
     return error.connection_invalidated or "connection" in str(error.orig).lower()
-
-
-def _first_line(error: BaseException) -> str:
-    orig = getattr(error, "orig", None) or error
-    return str(orig).strip().splitlines()[0] if str(orig).strip() else type(orig).__name__
 
 
 def connect(settings: Settings | None = None) -> Connection:
@@ -241,7 +236,7 @@ def connect(settings: Settings | None = None) -> Connection:
     except OperationalError as error:
         raise DatabaseUnavailable(
             f"Cannot connect to the database at {describe_url(engine.url.render_as_string())}: "
-            f"{_first_line(error)}.",
+            f"{first_line(error)}.",
             "Check MODEL_DATA_DB_URL / DATABASE_URL and that the server is running (`serialmon doctor`).",
         ) from error
 

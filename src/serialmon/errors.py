@@ -29,3 +29,14 @@ class MissingTable(SerialmonError):
 
 class EmbeddedServerError(SerialmonError):
     """The embedded PostgreSQL could not be started or found."""
+
+
+def first_line(error: BaseException) -> str:
+    """Return the first line of an error's message, or its type name when the message is empty.
+
+    For a SQLAlchemy error it is the driver's message, without the statement
+    that SQLAlchemy appends.
+    """
+    original = getattr(error, "orig", None) or error
+    message = str(original).strip()
+    return message.splitlines()[0] if message else type(original).__name__

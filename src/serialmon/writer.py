@@ -58,7 +58,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from serialmon.config import Settings, mask_url
 from serialmon.db import Names, database_url, get_engine, names
-from serialmon.errors import SerialmonError
+from serialmon.errors import SerialmonError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -394,7 +394,7 @@ def _destination(settings: Settings) -> tuple[str, str]:
         # Broad, because this runs on the recording thread, which no writer error may reach.
         # NOTE: a URL that cannot be resolved gets a folder of its own, which a
         # collector replays only while the URL still cannot be resolved.
-        logger.warning("cannot resolve the database URL for the journal folder: %s", _first_line(error))
+        logger.warning("cannot resolve the database URL for the journal folder: %s", first_line(error))
         raw = None if settings.database_url is None else settings.database_url.get_secret_value()
         return "unresolved", f"unresolved\n{mask_url(raw) or settings.data_dir}\n{settings.state_schema}"
     # A Unix-socket directory or a host list may come in the query instead of the URL's host.
@@ -630,11 +630,6 @@ class _RateLimitedLog:
             logger.log(self._level, self._message, count, self._detail)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 _SCHEMA_ERRORS = (
     psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName, psycopg.errors.UndefinedColumn,
 )
@@ -819,7 +814,7 @@ class EventWriter:
         except Exception as error:  # the pipeline's thread may be the caller: nothing may escape
             with self._counts_lock:
                 self.counts["dropped"] += len(items)
-            self._drop_log.add(len(items), f"{self.journal.folder}: {_first_line(error)}")
+            self._drop_log.add(len(items), f"{self.journal.folder}: {first_line(error)}")
             return
         with self._counts_lock:
             self.counts["spilled"] += len(items)
@@ -847,7 +842,7 @@ class EventWriter:
                 if not stop:
                     self._maintain()
             except Exception as error:  # a bug must not stop the writer: log it, journal the items
-                self._error_log.add(1, f"{type(error).__name__}: {_first_line(error)}")
+                self._error_log.add(1, f"{type(error).__name__}: {first_line(error)}")
                 logger.debug("event writer error", exc_info=True)
                 if self._inflight:
                     self._spill(self._inflight, "the event writer failed")
@@ -1119,13 +1114,13 @@ class EventWriter:
                     break
                 rejected.append((item, error))
         if rejected:
-            self._reject([encode(item) for item, _ in rejected], _first_line(rejected[-1][1]))
+            self._reject([encode(item) for item, _ in rejected], first_line(rejected[-1][1]))
 
     def _reject(self, lines: Sequence[bytes], reason: str) -> None:
         try:
             path = self.journal.reject(lines)
         except OSError as error:
-            path = f"nowhere ({_first_line(error)})"
+            path = f"nowhere ({first_line(error)})"
         with self._counts_lock:
             self.counts["rejected"] += len(lines)
         self._reject_log.add(len(lines), f"{path}; last reason: {reason}")
@@ -1173,7 +1168,7 @@ class EventWriter:
         if kind == "unavailable" or (self._conn is not None and self._conn.broken):
             self._close_connection()
         state = "schema_missing" if kind == "schema" else "unavailable"
-        message = _first_line(error)
+        message = first_line(error)
         # Jitter, so that the workers of a run do not all retry at the same moment.
         delay = self._backoff * random.uniform(0.5, 1.0)
         self._backoff = min(self._backoff * 2, self._settings.writer_retry_max_sec)
@@ -1220,7 +1215,7 @@ class EventWriter:
             elif ready is not None:
                 self._claimed.extend(self.journal.claim_paths([ready]))
         except OSError as error:
-            self._error_log.add(1, f"cannot read the journal folder {self.journal.folder}: {_first_line(error)}")
+            self._error_log.add(1, f"cannot read the journal folder {self.journal.folder}: {first_line(error)}")
             return False
         complete = True
         while self._claimed:
@@ -1230,7 +1225,7 @@ class EventWriter:
             except Exception as error:
                 kind = _classify(error)
                 if isinstance(error, OSError) and kind == "unavailable":
-                    self._error_log.add(1, f"cannot replay {path}: {_first_line(error)}")
+                    self._error_log.add(1, f"cannot replay {path}: {first_line(error)}")
                     self._claimed.pop(0)
                     complete = False
                     continue

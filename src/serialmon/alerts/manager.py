@@ -31,13 +31,13 @@ from serialmon.alerts.rules import ConditionSource, Rule, RuleResult, RuleUnavai
 from serialmon.alerts.state import FIRING, PENDING, AlertState, Notice, Transition, advance, alert_key
 from serialmon.config import Settings, env_names, get_settings
 from serialmon.db import AnySession, Names, arun, names
-from serialmon.errors import SerialmonError, SettingsError
+from serialmon.errors import SerialmonError, SettingsError, first_line
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 
-# The longest silence: a rule that should stay quiet for longer needs its threshold or setting changed.
+# The maximum silence. A rule that should stay quiet for longer needs its threshold or setting changed.
 SILENCE_MAX = timedelta(days=365)
 
 
@@ -238,13 +238,13 @@ class AlertManager:
             return None
         except SerialmonError as error:
             # An expected problem with its fix, such as `MissingTable`: the message is the whole story.
-            reason = _one_line(str(error)) or type(error).__name__
+            reason = first_line(error)
             self._log_rule_error(rule.source, reason, logging.WARNING)
             evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": reason})
             return None
         except Exception as error:  # noqa: BLE001 - one broken rule must not stop the others
-            detail = _one_line(str(getattr(error, "orig", None) or error))
-            reason = f"{type(error).__name__}: {detail}" if detail else type(error).__name__
+            detail = first_line(error)
+            reason = detail if detail == type(error).__name__ else f"{type(error).__name__}: {detail}"
             self._log_rule_error(rule.source, reason, logging.ERROR, error)
             evaluation.rules.append({"rule": rule.source, "ok": False, "alerts": 0, "error": reason})
             return None
@@ -473,12 +473,6 @@ class AlertManager:
             except asyncio.TimeoutError:
                 pass
         logger.info("alert loop stopped after %d evaluation(s)", done)
-
-
-def _one_line(message: str) -> str:
-    """Return the first line of `message`, or "" when it is empty."""
-    stripped = message.strip()
-    return stripped.splitlines()[0] if stripped else ""
 
 
 def _silence_end(now: datetime, until: datetime | None, duration: timedelta | float | None) -> datetime:

@@ -33,6 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from serialmon.alerts.state import NOTIFY_ESCALATED, NOTIFY_REMINDER, NOTIFY_RESOLVED, Notice
 from serialmon.config import Settings
+from serialmon.errors import first_line
 
 if TYPE_CHECKING:
     from serialmon.alerts.outbox import OutboxMessage
@@ -362,7 +363,7 @@ def describe_smtp_error(error: BaseException, settings: Settings) -> str:
         if isinstance(tls_error, ssl.SSLCertVerificationError):
             reason = f"certificate verify failed: {tls_error.verify_message}"
         else:
-            reason = getattr(tls_error, "reason", None) or _first_line(tls_error)
+            reason = getattr(tls_error, "reason", None) or first_line(tls_error)
         return f"TLS with SMTP server {server} failed: {reason}. {_tls_hint(tls_error, settings)}"
 
     if isinstance(error, aiosmtplib.SMTPTimeoutError):
@@ -371,7 +372,7 @@ def describe_smtp_error(error: BaseException, settings: Settings) -> str:
         if _resolved_security(settings) == "tls" and _caused_by(error, ConnectionResetError):
             # asyncio reports a server that hangs up during the TLS handshake as a reset, not as an SSL error.
             return f"SMTP server {server} closed the connection before the TLS handshake finished. {_NOT_TLS_HINT}"
-        return f"cannot connect to SMTP server {server}: {_first_line(error)}"
+        return f"cannot connect to SMTP server {server}: {first_line(error)}"
 
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused):
         refused = "; ".join(f"{item.recipient}: {item.code} {item.message}" for item in error.recipients)
@@ -385,11 +386,11 @@ def describe_smtp_error(error: BaseException, settings: Settings) -> str:
             "or SERIALMON_SMTP_ALLOW_PLAIN=true to send without TLS"
         )
     if isinstance(error, aiosmtplib.SMTPException):
-        return f"SMTP with {server} failed: {_first_line(error)}"
+        return f"SMTP with {server} failed: {first_line(error)}"
 
     if isinstance(error, OSError):
-        return f"cannot connect to SMTP server {server}: {error.strerror or _first_line(error)}"
-    return f"SMTP with {server} failed: {type(error).__name__}: {_first_line(error)}"
+        return f"cannot connect to SMTP server {server}: {error.strerror or first_line(error)}"
+    return f"SMTP with {server} failed: {type(error).__name__}: {first_line(error)}"
 
 
 # OpenSSL reasons for a handshake whose peer does not reply in TLS. WRONG_VERSION_NUMBER means the
@@ -435,11 +436,6 @@ def _caused_by(error: BaseException, kind: type[_ExceptionT]) -> _ExceptionT | N
         current = current.__cause__ or current.__context__
         seen += 1
     return None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _scrub(reason: str, settings: Settings) -> str:

@@ -191,7 +191,7 @@ class DatabaseMonitor:
     async def _try_sample(self, session: AnySession) -> dict[str, Any] | None:
         from sqlalchemy.exc import DBAPIError
 
-        from serialmon.monitor.sections import first_line
+        from serialmon.errors import first_line
 
         from serialmon.monitor.growth import record_size_sample
 

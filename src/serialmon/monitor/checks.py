@@ -24,10 +24,11 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from serialmon.config import Settings
+from serialmon.errors import first_line
 from serialmon.monitor.bloat import estimate_bloat
 from serialmon.monitor.growth import growth, record_size_sample
 from serialmon.monitor.indexes import index_health
-from serialmon.monitor.sections import MonitorRun, SectionSkipped, first_line
+from serialmon.monitor.sections import MonitorRun, SectionSkipped
 from serialmon.monitor.space import RelationInfo, format_bytes, relation_sizes, start_run, tuple_stats
 from serialmon.monitor.statements import QueryStatsUnavailable, query_stats
 

@@ -28,6 +28,7 @@ from sqlalchemy import Connection, text
 from sqlalchemy.exc import DBAPIError
 
 from serialmon.config import Settings
+from serialmon.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -142,13 +143,6 @@ class MonitorRun:
             return SectionSkipped(f"missing: {first}", "Run `serialmon init` to create serialmon's schema.")
         logger.warning("database monitor section %s failed: %s", name, first)
         return SectionSkipped(f"failed: {first}")
-
-
-def first_line(error: BaseException) -> str:
-    """Return the first line of a database error, without SQLAlchemy's statement dump."""
-    orig = getattr(error, "orig", None) or error
-    message = str(orig).strip()
-    return message.splitlines()[0] if message else type(orig).__name__
 
 
 def find_locks(conn: Connection, oids: list[int]) -> dict[int, LockHolder]:

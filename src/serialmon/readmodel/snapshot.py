@@ -17,7 +17,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from serialmon.config import Settings
-from serialmon.errors import SerialmonError
+from serialmon.errors import SerialmonError, first_line
 from serialmon.ledger import ProgressCallback, ledger_state, refresh_ledger
 from serialmon.readmodel.batches import batches
 from serialmon.readmodel.failures import failure_groups
@@ -138,13 +138,9 @@ def _refresh(settings: Settings, progress: ProgressCallback | None) -> dict[str,
     try:
         result = refresh_ledger(settings, progress=progress, lock_wait_sec=SNAPSHOT_LOCK_WAIT_SEC)
     except (SerialmonError, SQLAlchemyError) as error:
-        reason = _first_line(error)
+        reason = first_line(error)
         logger.warning("ledger refresh failed, the snapshot reads the ledger as it is: %s", reason)
         return {"refresh": None, "error": reason}
     return {"refresh": result.as_dict(), "error": None}
 
 
-def _first_line(error: BaseException) -> str:
-    original = getattr(error, "orig", None) or error
-    message = str(original).strip()
-    return message.splitlines()[0] if message else type(original).__name__
