@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     min_models_for_coverage: int = Field(default=10, ge=1, le=1_000_000)
     min_attempts_for_failure_rate: int = Field(default=20, ge=1, le=1_000_000)
     stall_minutes: float = Field(default=15.0, gt=0, le=43_200)
-    alert_for_minutes: float = Field(default=0.0, ge=0, le=43_200, description="how long a condition holds before firing")
+    alert_for_minutes: float = Field(default=0.0, ge=0, le=43_200, description="how long a condition must last before its alert fires")
     cooldown_minutes: float = Field(default=30.0, ge=0, le=43_200)
     alert_history_retention_days: int = Field(default=90, ge=1, le=36_500)
 
